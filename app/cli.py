@@ -1,0 +1,243 @@
+"""The ``llmtap`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from collector.certs import client_env, ensure_ca
+from collector.config import ConfigError, Settings, load_settings, resolve_data_dir
+from collector.export import FORMATS, export_calls, parse_instant
+
+log = logging.getLogger("llmtap")
+
+DESCRIPTION = """\
+llmtap records every LLM API call an app makes (model, tokens, latency, cost) through a
+local intercepting proxy, with no change to the app. Records go to DATA_DIR/llmtap.duckdb.
+
+quick start:
+  llmtap proxy &                       # start the proxy on 127.0.0.1:8080
+  eval "$(llmtap env)"                 # point this shell's apps at it
+  llmtap run -- python my_app.py       # or run one command through its own proxy
+  llmtap report                        # what was called, and what it cost
+"""
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data directory (default: $LLMTAP_DATA_DIR, else ~/.llmtap)",
+    )
+
+
+def _add_proxy_options(p: argparse.ArgumentParser, default_port: int | None) -> None:
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=default_port,
+        help="port to listen on (default: %s)"
+        % (default_port if default_port is not None else "a free port"),
+    )
+    _add_data_dir(p)
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="HOST=URL",
+        help="send traffic meant for HOST to URL instead, keeping Host header, path and "
+        "query (repeatable), e.g. api.openai.com=http://127.0.0.1:9000",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML config file (see README)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmtap", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("proxy", help="run the recording proxy in the foreground")
+    _add_proxy_options(p, default_port=8080)
+    p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser(
+        "run",
+        help="run a command with its traffic going through a recording proxy",
+        description="Start a proxy (on a free port unless --port), run CMD with the proxy "
+        "environment set, and exit with CMD's exit code once all its calls are stored.",
+        usage="llmtap run [proxy options] -- CMD [ARG]...",
+    )
+    _add_proxy_options(p, default_port=None)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run, after --")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "env",
+        help="print export lines for the proxy environment",
+        description='Print `export NAME=VALUE` lines; use as: eval "$(llmtap env)"',
+    )
+    p.add_argument("--host", default="127.0.0.1", help="proxy address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="proxy port (default: %(default)s)")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("export", help="write the recorded llm_calls rows")
+    _add_data_dir(p)
+    p.add_argument("--format", choices=sorted(FORMATS), default="jsonl", help="default: jsonl")
+    p.add_argument("--since", metavar="ISO", help="only calls started at or after this time")
+    p.add_argument("--until", metavar="ISO", help="only calls started before this time")
+    p.add_argument("--out", metavar="FILE", help="output file (default: stdout)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="terminal summary: calls, tokens, cost, latency, errors")
+    _add_data_dir(p)
+    p.add_argument("--since", metavar="ISO", help="only calls started at or after this time")
+    p.add_argument("--by", choices=["model", "provider", "app", "day"], default="model")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="llmtap: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("mitmproxy", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args) or 0
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"llmtap: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _settings(args: argparse.Namespace, port: int | None) -> Settings:
+    return load_settings(
+        data_dir=args.data_dir,
+        config_file=args.config,
+        listen_host=args.host,
+        listen_port=port,
+        upstream_flags=args.upstream,
+    )
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from collector.proxy import LlmtapProxy
+
+    proxy = LlmtapProxy(_settings(args, args.port))
+
+    def announce(listening) -> None:
+        print(f"llmtap proxy listening on {listening.url}", flush=True)
+        print(f"CA bundle: {listening.ca_bundle}", flush=True)
+        print(f"store: {proxy.settings.paths.db}", flush=True)
+        print(f'point apps at it with: eval "$(llmtap env --port {listening.port})"', flush=True)
+
+    try:
+        asyncio.run(proxy.serve(announce))
+    except OSError as exc:
+        print(f"llmtap: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        proxy.close()
+        return 1
+    saved = proxy.close()
+    print(f"llmtap: stopped; {proxy.recorder.calls_recorded} calls recorded", file=sys.stderr)
+    return 0 if saved else 1
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from collector.proxy import LlmtapProxy
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        print(
+            "llmtap: error: nothing to run; usage: llmtap run [options] -- CMD [ARG]...",
+            file=sys.stderr,
+        )
+        return 2
+    port = args.port if args.port is not None else _free_port(args.host)
+    proxy = LlmtapProxy(_settings(args, port))
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(proxy.serve())
+        except BaseException as exc:
+            failure.append(exc)
+            proxy.ready.set()
+
+    thread = threading.Thread(target=serve, name="llmtap-proxy", daemon=True)
+    thread.start()
+    proxy.ready.wait()
+    if failure or proxy.listening is None:
+        print(
+            f"llmtap: error: proxy did not start: {failure[0] if failure else 'unknown'}",
+            file=sys.stderr,
+        )
+        return 1
+    env = {**os.environ, **client_env(proxy.listening.url, proxy.ca_bundle)}
+    try:
+        code = subprocess.call(cmd, env=env)
+    except FileNotFoundError:
+        print(f"llmtap: error: command not found: {shlex.join(cmd[:1])}", file=sys.stderr)
+        code = 127
+    except KeyboardInterrupt:
+        code = 130
+    proxy.shutdown()
+    thread.join()
+    proxy.close()
+    return code
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    settings = load_settings(data_dir=args.data_dir)
+    bundle = ensure_ca(settings.paths)
+    for name, value in client_env(f"http://{args.host}:{args.port}", bundle).items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+def _db(args: argparse.Namespace) -> Path:
+    return resolve_data_dir(args.data_dir) / "llmtap.duckdb"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    since = parse_instant(args.since) if args.since else None
+    until = parse_instant(args.until) if args.until else None
+    out = Path(args.out) if args.out else None
+    count = export_calls(_db(args), args.format, since, until, out)
+    if out is not None:
+        print(f"llmtap: wrote {count} calls to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from app.report import render, summary
+
+    since = parse_instant(args.since) if args.since else None
+    print(render(summary(_db(args), args.by, since), args.by))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""llmtap's settings: every option in one place, from defaults, the config file and flags.
+
+The config file is TOML::
+
+    capture = "full"            # full | redacted | metadata
+    app = "checkout"            # default app name when a request carries no X-Llmtap-App
+
+    [upstreams]                 # HOST = URL, like --upstream
+    "api.openai.com" = "http://127.0.0.1:9000"
+
+    [hosts]                     # extra LLM hosts to intercept, and the API family they speak
+    "llm.internal.example" = "openai"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+CAPTURE_MODES = ("full", "redacted", "metadata")
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message says what and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> Upstream:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"upstream URL must be http:// or https:// with a host, got {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """Where everything lives inside the data directory."""
+
+    data_dir: Path
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "llmtap.duckdb"
+
+    @property
+    def spool(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.data_dir / "ca"
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.data_dir / "ca-bundle.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    extra_hosts: dict[str, str] = field(default_factory=dict)
+    capture: str = "full"
+    default_app: str | None = None
+    otlp_endpoint: str | None = None
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.data_dir)
+
+
+def resolve_data_dir(flag: str | None) -> Path:
+    """--data-dir, else $LLMTAP_DATA_DIR, else ~/.llmtap (the contract's order)."""
+    raw = flag or os.environ.get("LLMTAP_DATA_DIR") or "~/.llmtap"
+    return Path(raw).expanduser().resolve()
+
+
+def parse_upstream_flag(value: str) -> tuple[str, Upstream]:
+    host, sep, url = value.partition("=")
+    if not sep or not host or not url:
+        raise ConfigError(f"--upstream takes HOST=URL, got {value!r}")
+    return host.strip().lower(), Upstream.parse(url.strip())
+
+
+def load_settings(
+    *,
+    data_dir: str | None = None,
+    config_file: str | None = None,
+    listen_host: str | None = None,
+    listen_port: int | None = None,
+    upstream_flags: list[str] | None = None,
+) -> Settings:
+    """Merge defaults, the config file and command-line flags (flags win)."""
+    file_values: dict = {}
+    if config_file:
+        path = Path(config_file).expanduser()
+        try:
+            file_values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    known = {"capture", "app", "upstreams", "hosts", "otlp_endpoint", "data_dir"}
+    if unknown := set(file_values) - known:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+
+    upstreams = {
+        host.lower(): Upstream.parse(url) for host, url in file_values.get("upstreams", {}).items()
+    }
+    for flag in upstream_flags or ():
+        host, upstream = parse_upstream_flag(flag)
+        upstreams[host] = upstream
+
+    capture = file_values.get("capture", "full")
+    if capture not in CAPTURE_MODES:
+        raise ConfigError(f"capture must be one of {', '.join(CAPTURE_MODES)}, got {capture!r}")
+
+    port = listen_port if listen_port is not None else 8080
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be 0-65535, got {port}")
+
+    return Settings(
+        data_dir=resolve_data_dir(data_dir or file_values.get("data_dir")),
+        listen_host=listen_host or "127.0.0.1",
+        listen_port=port,
+        upstreams=upstreams,
+        extra_hosts={h.lower(): p for h, p in file_values.get("hosts", {}).items()},
+        capture=capture,
+        default_app=file_values.get("app"),
+        otlp_endpoint=file_values.get("otlp_endpoint")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )

@@ -1,0 +1,105 @@
+"""What llmtap keeps of a request: secrets never, bodies according to the capture mode.
+
+* ``full``: request and response bodies as sent (any secret value seen in the request's
+  headers or query is still cut out of them);
+* ``redacted``: bodies with e-mail addresses, phone and card numbers and key-like
+  strings masked;
+* ``metadata``: no bodies at all.
+
+Headers are never stored. Secret query parameters (Gemini's ``key=`` and friends) are
+dropped from the stored path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlencode
+
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "cookie",
+        "set-cookie",
+        "x-amz-security-token",
+    }
+)
+SECRET_QUERY_KEYS = frozenset(
+    {"key", "api_key", "apikey", "api-key", "access_token", "token", "sig"}
+)
+MASK = "[REDACTED]"
+
+_KEYLIKE = re.compile(
+    r"\b(?:sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|AIza[0-9A-Za-z_\-]{30,}"
+    r"|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abpr]-[A-Za-z0-9\-]{10,}"
+    r"|(?:Bearer|Basic)\s+[A-Za-z0-9._~+/\-]{16,}=*)"
+)
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
+_CARD = re.compile(r"\b(?:\d[ \-]?){12,18}\d\b")
+_PHONE = re.compile(r"(?<![\w])\+?\d{1,3}[ .\-]?\(?\d{2,4}\)?[ .\-]?\d{3,4}[ .\-]?\d{3,4}(?![\w])")
+
+
+def clean_path(path: str) -> str:
+    """The request path with secret query parameters removed."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    kept = [
+        (k, v)
+        for k, v in parse_qsl(query, keep_blank_values=True)
+        if k.lower() not in SECRET_QUERY_KEYS
+    ]
+    return f"{base}?{urlencode(kept)}" if kept else base
+
+
+def secret_values(headers: Iterable[tuple[str, str]], path: str) -> list[str]:
+    """Every secret value a request carries, to be cut out of anything stored."""
+    found: list[str] = []
+    for name, value in headers:
+        if name.lower() in SECRET_HEADERS and value:
+            found.append(value)
+            _, _, token = value.partition(" ")
+            if len(token) >= 8:
+                found.append(token)
+    _, _, query = path.partition("?")
+    for key, value in parse_qsl(query):
+        if key.lower() in SECRET_QUERY_KEYS and len(value) >= 4:
+            found.append(value)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group())
+    return MASK if _luhn_ok(digits) else match.group()
+
+
+def redact(text: str) -> str:
+    """Mask personal data and key-like strings (the ``redacted`` capture mode)."""
+    text = _KEYLIKE.sub(MASK, text)
+    text = _EMAIL.sub(MASK, text)
+    text = _CARD.sub(_mask_card, text)
+    return _PHONE.sub(MASK, text)
+
+
+def stored_body(raw: bytes | None, mode: str, secrets: list[str]) -> str | None:
+    """The body text to keep under ``mode``, or None."""
+    if mode == "metadata" or raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return redact(text) if mode == "redacted" else text

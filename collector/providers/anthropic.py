@@ -1,0 +1,85 @@
+"""Anthropic's Messages API.
+
+Anthropic reports ``input_tokens`` *without* cache reads and writes, so they are added
+to reach the convention's total prompt. In streams, ``message_start`` carries the
+initial usage and each ``message_delta`` carries cumulative counts that override it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector.providers.base import RequestFacts, ResponseFacts, Usage, as_int, dig, error_message
+
+
+def normalise(raw: dict[str, Any]) -> Usage:
+    uncached = as_int(raw.get("input_tokens"))
+    cache_read = as_int(raw.get("cache_read_input_tokens"))
+    cache_write = as_int(raw.get("cache_creation_input_tokens"))
+    total_input = None
+    if uncached is not None:
+        total_input = uncached + (cache_read or 0) + (cache_write or 0)
+    return Usage(
+        input_tokens=total_input,
+        output_tokens=as_int(raw.get("output_tokens")),
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=as_int(dig(raw, "output_tokens_details", "thinking_tokens")),
+    )
+
+
+class AnthropicMessages:
+    name = "anthropic"
+    hosts = ("api.anthropic.com",)
+
+    def api_for(self, path: str) -> str | None:
+        path = path.split("?", 1)[0].rstrip("/")
+        return "messages" if path.endswith("/v1/messages") else None
+
+    def read_request(self, api: str, path: str, body: Any) -> RequestFacts:
+        if not isinstance(body, dict):
+            return RequestFacts()
+        model = body.get("model")
+        return RequestFacts(
+            model=model if isinstance(model, str) else None,
+            stream=body.get("stream") is True,
+        )
+
+    def read_response(self, api: str, body: Any, facts: ResponseFacts) -> None:
+        if not isinstance(body, dict):
+            return
+        facts.error = error_message(body)
+        self._read_message(body, facts)
+
+    def read_event(self, api: str, event: str, data: Any, facts: ResponseFacts) -> None:
+        if not isinstance(data, dict):
+            return
+        kind = data.get("type") or event
+        if kind == "message_start" and isinstance(data.get("message"), dict):
+            self._read_message(data["message"], facts)
+        elif kind == "message_delta":
+            if reason := dig(data, "delta", "stop_reason"):
+                facts.finish_reasons.append(str(reason))
+            if isinstance(delta_usage := data.get("usage"), dict):
+                # Delta counts are cumulative and override message_start's, key by key.
+                merged = {**(facts.usage_raw or {}), **delta_usage}
+                facts.usage_raw = merged
+                facts.usage = normalise(merged)
+        elif kind == "error":
+            facts.error = error_message(data) or "stream error"
+
+    @staticmethod
+    def _read_message(message: dict[str, Any], facts: ResponseFacts) -> None:
+        if isinstance(model := message.get("model"), str) and model:
+            facts.model = model
+        if isinstance(mid := message.get("id"), str):
+            facts.response_id = mid
+        if reason := message.get("stop_reason"):
+            facts.finish_reasons.append(str(reason))
+        raw = message.get("usage")
+        if isinstance(raw, dict):
+            facts.usage_raw = dict(raw)
+            facts.usage = normalise(raw)
+
+
+PROVIDER = AnthropicMessages()

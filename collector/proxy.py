@@ -1,0 +1,136 @@
+"""Embeds mitmproxy with llmtap's addons and runs it until told to stop.
+
+Only LLM API hosts (built-in providers, config hosts, ``--upstream`` hosts) are
+intercepted; mitmproxy's ``allow_hosts`` makes every other CONNECT tunnel a plain TCP
+pass-through, so those hosts see the client's own TLS handshake byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy import options
+from mitmproxy.tools.dump import DumpMaster
+
+from collector.certs import CA_BASENAME, ensure_ca
+from collector.config import Settings
+from collector.metadata import MetadataHeaders
+from collector.providers import ProviderRegistry
+from collector.recorder import Recorder
+from collector.spans import SpanRecorder
+from collector.spool import Spool
+from collector.store import Ingester, ensure_schema
+from collector.upstream import UpstreamRewrite
+
+log = logging.getLogger("llmtap.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    url: str
+    port: int
+    ca_bundle: Path
+
+
+class _Ready:
+    """Reports the listening address once mitmproxy's servers are up."""
+
+    def __init__(self, master: DumpMaster, callback: Callable[[int], None]) -> None:
+        self.master = master
+        self.callback = callback
+
+    def running(self) -> None:
+        server = self.master.addons.get("proxyserver")
+        port = server.listen_addrs()[0][1]
+        self.callback(port)
+
+
+class LlmtapProxy:
+    """One proxy instance: mitmproxy master, recorder, spool and ingester."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        paths = settings.paths
+        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ca_bundle = ensure_ca(paths)
+        ensure_schema(paths.db)
+        self.registry = ProviderRegistry(extra_hosts=settings.extra_hosts)
+        self.spool = Spool(paths.spool)
+        self.ingester = Ingester(self.spool, paths.db)
+        self.spans = SpanRecorder(settings.otlp_endpoint)
+        self.recorder = Recorder(self.registry, self.spool, self.spans, settings.capture)
+        self.master: DumpMaster | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.listening: Listening | None = None
+        self.ready = threading.Event()
+
+    def _configure(self, opts: options.Options) -> None:
+        s = self.settings
+        allow = self.registry.host_patterns()
+        allow += [rf"^{re.escape(host)}(:\d+)?$" for host in s.upstreams]
+        opts.update(
+            listen_host=s.listen_host,
+            listen_port=s.listen_port,
+            confdir=str(s.paths.ca_dir),
+            allow_hosts=allow,
+            connection_strategy="lazy",
+        )
+
+    async def serve(self, on_ready: Callable[[Listening], None] | None = None) -> None:
+        """Run until :meth:`shutdown` (or SIGINT/SIGTERM when on the main thread)."""
+        self.loop = asyncio.get_running_loop()
+        opts = options.Options()
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        self._configure(opts)  # after DumpMaster: its addons declare most options
+        self.master = master
+
+        def ready(port: int) -> None:
+            host = self.settings.listen_host
+            self.listening = Listening(f"http://{host}:{port}", port, self.ca_bundle)
+            self.ready.set()
+            if on_ready is not None:
+                on_ready(self.listening)
+
+        master.addons.add(
+            MetadataHeaders(self.settings.default_app),
+            self.recorder,
+            UpstreamRewrite(self.settings.upstreams),
+            _Ready(master, ready),
+        )
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(sig, master.shutdown)
+        self.ingester.start()
+        try:
+            await master.run()
+        finally:
+            self.ready.set()
+
+    def shutdown(self) -> None:
+        """Ask a running proxy (from any thread) to stop."""
+        if self.master is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.master.shutdown)
+
+    def close(self, timeout: float = 15.0) -> bool:
+        """Flush spans and load every spooled call into the store. False if some are left."""
+        self.spans.shutdown()
+        saved = self.ingester.stop(timeout)
+        if not saved:
+            log.error(
+                "some calls could not be written to %s yet; they stay in %s and are "
+                "loaded at the next start",
+                self.settings.paths.db,
+                self.settings.paths.spool,
+            )
+        return saved
+
+
+def ca_cert_path(settings: Settings) -> Path:
+    return settings.paths.ca_dir / f"{CA_BASENAME}-ca-cert.pem"

@@ -1,0 +1,273 @@
+"""The capture addon: turns each LLM call passing through the proxy into one stored row.
+
+Hooks, in the order mitmproxy calls them:
+
+* ``request``: match the host and path to a provider; read the model and stream flag.
+* ``responseheaders``: for an event stream, install a :class:`StreamTee` so each chunk
+  goes on to the client at once while a copy is parsed for usage.
+* ``response`` / ``error``: finish the call: build the row and its span and append it to
+  the spool. mitmproxy runs ``response`` before the client is sent the end of the
+  response, so a call the client has fully received is always already spooled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mitmproxy import http
+
+from collector import privacy
+from collector.decoding import Decoder, decoder_for
+from collector.failopen import fail_open, failures
+from collector.metadata import METADATA_KEY, CallMetadata
+from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts
+from collector.spans import SpanRecorder
+from collector.spool import Spool
+from collector.sse import SSEReader
+
+log = logging.getLogger("llmtap.recorder")
+
+CAPTURE_KEY = "llmtap.capture"
+#: Most of one body kept in the ``full``/``redacted`` capture modes; the rest is cut.
+BODY_LIMIT = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Capture:
+    """Everything known about one call while it is in flight."""
+
+    endpoint: Endpoint
+    method: str
+    host: str
+    path: str
+    started: float
+    metadata: CallMetadata
+    traceparent: str | None
+    secrets: list[str]
+    request: RequestFacts = field(default_factory=RequestFacts)
+    response: ResponseFacts = field(default_factory=ResponseFacts)
+    streamed: bool = False
+    first_byte: float | None = None
+    stream_body: bytearray | None = None
+    done: bool = False
+
+
+class StreamTee:
+    """``flow.response.stream`` callable: passes every chunk through untouched, parses a copy."""
+
+    def __init__(self, capture: Capture, content_encoding: str, keep_body: bool) -> None:
+        self.capture = capture
+        self.reader = SSEReader()
+        self.decoder: Decoder | None = decoder_for(content_encoding)
+        if keep_body:
+            capture.stream_body = bytearray()
+
+    def __call__(self, chunk: bytes) -> bytes:
+        capture = self.capture
+        if chunk and capture.first_byte is None:
+            capture.first_byte = time.time()
+        if self.decoder is not None:
+            try:
+                self._parse(chunk)
+            except Exception:
+                self.decoder = None  # stop parsing this stream; keep forwarding it
+                failures["StreamTee"] += 1
+                log.exception("llmtap could not parse a stream; it is forwarded unchanged")
+        return chunk
+
+    def _parse(self, chunk: bytes) -> None:
+        assert self.decoder is not None
+        text = self.decoder.decompress(chunk) if chunk else b""
+        body = self.capture.stream_body
+        if body is not None and len(body) < BODY_LIMIT:
+            body += text[: BODY_LIMIT - len(body)]
+        events = self.reader.feed(text) if chunk else self.reader.close()
+        endpoint = self.capture.endpoint
+        for event, data in events:
+            if not data.startswith(("{", "[")):
+                continue  # "[DONE]" and other non-JSON sentinels
+            endpoint.provider.read_event(
+                endpoint.api, event, json.loads(data), self.capture.response
+            )
+
+
+class Recorder:
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        spool: Spool,
+        spans: SpanRecorder,
+        capture_mode: str = "full",
+    ) -> None:
+        self.registry = registry
+        self.spool = spool
+        self.spans = spans
+        self.capture_mode = capture_mode
+        self.calls_recorded = 0
+
+    @fail_open
+    def request(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        host = req.pretty_host.lower()
+        endpoint = self.registry.match(host, req.path)
+        if endpoint is None:
+            return
+        capture = Capture(
+            endpoint=endpoint,
+            method=req.method,
+            host=host,
+            path=privacy.clean_path(req.path),
+            started=req.timestamp_start,
+            metadata=flow.metadata.get(METADATA_KEY) or CallMetadata(),
+            traceparent=req.headers.get("traceparent"),
+            secrets=privacy.secret_values(req.headers.items(), req.path),
+        )
+        body = _json_or_none(req.content)
+        capture.request = endpoint.provider.read_request(endpoint.api, req.path, body)
+        flow.metadata[CAPTURE_KEY] = capture
+
+    @fail_open
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
+        if capture is None or flow.response is None:
+            return
+        content_type = flow.response.headers.get("content-type", "")
+        if not content_type.lower().startswith("text/event-stream"):
+            return
+        try:
+            tee = StreamTee(
+                capture,
+                flow.response.headers.get("content-encoding", ""),
+                keep_body=self.capture_mode != "metadata",
+            )
+        except ValueError as exc:
+            log.warning("stream of %s not parsed: %s", capture.host, exc)
+            flow.response.stream = True
+        else:
+            flow.response.stream = tee
+        capture.streamed = True
+
+    @fail_open
+    def response(self, flow: http.HTTPFlow) -> None:
+        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
+        if capture is None or capture.done or flow.response is None:
+            return
+        if not capture.streamed:
+            body = _json_or_none(_content(flow.response))
+            capture.endpoint.provider.read_response(capture.endpoint.api, body, capture.response)
+            if capture.response.error is None and flow.response.status_code >= 400:
+                capture.response.error = f"http {flow.response.status_code}"
+        self._finish(flow, capture, error=None)
+
+    @fail_open
+    def error(self, flow: http.HTTPFlow) -> None:
+        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
+        if capture is None or capture.done:
+            return
+        message = flow.error.msg if flow.error else "unknown error"
+        self._finish(flow, capture, error=message)
+
+    def _finish(self, flow: http.HTTPFlow, capture: Capture, error: str | None) -> None:
+        capture.done = True
+        ended = time.time()
+        if flow.response is not None and flow.response.timestamp_end and error is None:
+            ended = flow.response.timestamp_end
+        facts = capture.response
+        if error and facts.error:
+            error = f"{error}; {facts.error}"
+        usage = facts.usage
+        has_usage = usage is not None and any(
+            v is not None for v in (usage.input_tokens, usage.output_tokens)
+        )
+        first_byte = capture.first_byte
+        if first_byte is None and flow.response is not None:
+            first_byte = flow.response.timestamp_start
+        call: dict[str, Any] = {
+            "call_id": uuid.uuid4().hex,
+            "started_at": _iso(capture.started),
+            "ended_at": _iso(ended),
+            "provider": capture.endpoint.provider.name,
+            "api": capture.endpoint.api,
+            "method": capture.method,
+            "host": capture.host,
+            "path": capture.path,
+            "status_code": flow.response.status_code if flow.response is not None else None,
+            "stream": capture.streamed,
+            "request_model": capture.request.model,
+            "response_model": facts.model,
+            "routed_from_model": None,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "cache_read_tokens": usage.cache_read_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "usage_source": "provider" if has_usage else "none",
+            "latency_ms": (ended - capture.started) * 1000.0,
+            "ttft_ms": (first_byte - capture.started) * 1000.0 if first_byte else None,
+            "cost_usd": None,
+            "input_cost_usd": None,
+            "output_cost_usd": None,
+            "price_ref": None,
+            "app": capture.metadata.app,
+            "user_id": capture.metadata.user_id,
+            "session_id": capture.metadata.session_id,
+            "properties": capture.metadata.properties or None,
+            "trace_id": None,
+            "span_id": None,
+            "error": error or facts.error,
+            "finish_reasons": facts.finish_reasons,
+            "response_id": facts.response_id,
+            "usage_raw": facts.usage_raw,
+            "_start_ns": int(capture.started * 1e9),
+            "_end_ns": int(ended * 1e9),
+        }
+        span = self.spans.record(call, capture.traceparent)
+        del call["_start_ns"], call["_end_ns"]
+        call["span"] = span
+        call["body"] = self._bodies(flow, capture)
+        self.spool.append(json.dumps(call, default=str).encode() + b"\n")
+        self.calls_recorded += 1
+
+    def _bodies(self, flow: http.HTTPFlow, capture: Capture) -> dict[str, Any] | None:
+        mode = self.capture_mode
+        if mode == "metadata":
+            return None
+        if capture.streamed:
+            response_raw = bytes(capture.stream_body) if capture.stream_body is not None else None
+        else:
+            response_raw = _content(flow.response)[:BODY_LIMIT] if flow.response else None
+        request_raw = (flow.request.content or b"")[:BODY_LIMIT]
+        return {
+            "capture_mode": mode,
+            "request_body": privacy.stored_body(request_raw, mode, capture.secrets),
+            "response_body": privacy.stored_body(response_raw, mode, capture.secrets),
+        }
+
+
+def _content(message: http.Message | None) -> bytes:
+    """Decoded body (gzip, br, zstd undone), or the raw bytes if decoding fails."""
+    if message is None:
+        return b""
+    try:
+        return message.get_content(strict=False) or b""
+    except ValueError:
+        return message.raw_content or b""
+
+
+def _json_or_none(raw: bytes | None) -> Any:
+    if not raw or raw[:1] not in (b"{", b"[", b" ", b"\n", b"\r", b"\t"):
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()

@@ -1,0 +1,180 @@
+"""The DuckDB store at ``DATA_DIR/llmtap.duckdb`` and the rules for sharing it.
+
+DuckDB lets one process write, and while it writes no other process may open the
+file. llmtap therefore never keeps the database open: the ingester opens it about
+once a second for a few milliseconds, loads every sealed spool file in one
+transaction each, and closes it. Readers (export, report, the dashboard, notebooks)
+open it read-only through :func:`read_connection`, which waits out a writer's brief
+hold instead of failing, and they close it as soon as their query is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from collector import schema
+from collector.spool import Spool
+
+log = logging.getLogger("llmtap.store")
+
+LOCK_WAIT_S = 30.0
+
+
+def is_lock_conflict(exc: Exception) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+@contextmanager
+def read_connection(
+    db_path: Path, timeout: float = LOCK_WAIT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection that waits (up to ``timeout``) for a writer to let go."""
+    if not db_path.exists():
+        raise FileNotFoundError(
+            f"no llmtap store at {db_path}: start `llmtap proxy` (or pass --data-dir)"
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con = duckdb.connect(str(db_path), read_only=True)
+            break
+        except duckdb.Error as exc:
+            if not is_lock_conflict(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.05))
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _spool_columns() -> str:
+    body = ", ".join(f"{c} {t}" for c, t in schema.CALL_BODIES.items() if c != "call_id")
+    span = ", ".join(f"{c} {t}" for c, t in schema.SPANS.items() if c != "call_id")
+    cols = {**schema.LLM_CALLS, "body": f"STRUCT({body})", "span": f"STRUCT({span})"}
+    return "{" + ", ".join(f"'{c}': '{t}'" for c, t in cols.items()) + "}"
+
+
+_SPOOL_COLUMNS = _spool_columns()
+
+
+def ingest_file(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Load one sealed spool file in a single transaction; returns rows added (0 if done before)."""
+    name = path.name
+    con.begin()
+    try:
+        if con.execute("SELECT 1 FROM spool_ingested WHERE name = ?", [name]).fetchone():
+            con.rollback()
+            return 0
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE batch AS SELECT * FROM read_json(?, "
+            f"format='newline_delimited', columns={_SPOOL_COLUMNS})",
+            [str(path)],
+        )
+        calls = ", ".join(schema.LLM_CALLS)
+        con.execute(f"INSERT INTO llm_calls SELECT {calls} FROM batch")
+        body_cols = ", ".join(f"body.{c}" for c in schema.CALL_BODIES if c != "call_id")
+        con.execute(
+            f"INSERT INTO call_bodies SELECT call_id, {body_cols} FROM batch WHERE body IS NOT NULL"
+        )
+        span_cols = ", ".join("call_id" if c == "call_id" else f"span.{c}" for c in schema.SPANS)
+        con.execute(f"INSERT INTO spans SELECT {span_cols} FROM batch WHERE span IS NOT NULL")
+        (rows,) = con.execute("SELECT count(*) FROM batch").fetchone()
+        con.execute("INSERT INTO spool_ingested (name, rows) VALUES (?, ?)", [name, rows])
+        con.execute("DROP TABLE batch")
+        con.commit()
+        return rows
+    except BaseException:
+        con.rollback()
+        raise
+
+
+def ensure_schema(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(db_path)) as con:
+        for statement in schema.create_statements():
+            con.execute(statement)
+
+
+class Ingester:
+    """Moves sealed spool files into DuckDB from a background thread."""
+
+    def __init__(self, spool: Spool, db_path: Path, interval: float = 0.5) -> None:
+        self.spool = spool
+        self.db_path = db_path
+        self.interval = interval
+        self.rows_ingested = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llmtap-ingester", daemon=True)
+        self._failing: str | None = None
+        self._schema_ready = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = self.interval
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            delay = self.interval if self.run_once() else min(delay * 2, 30.0)
+
+    def run_once(self) -> bool:
+        """Seal and load what is pending. True when everything pending was loaded."""
+        self.spool.seal()
+        files = self.spool.sealed_files()
+        if not files:
+            return True
+        try:
+            with duckdb.connect(str(self.db_path)) as con:
+                if not self._schema_ready:
+                    for statement in schema.create_statements():
+                        con.execute(statement)
+                    self._schema_ready = True
+                for path in files:
+                    self.rows_ingested += ingest_file(con, path)
+                    path.unlink(missing_ok=True)
+        except Exception as exc:
+            if is_lock_conflict(exc):
+                return True  # a reader holds the file for a moment; try again next tick
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._failing:
+                log.error(
+                    "cannot write to %s (%s); calls stay in the spool and are loaded "
+                    "when it works again",
+                    self.db_path,
+                    message,
+                )
+            self._failing = message
+            return False
+        if self._failing:
+            log.warning("store %s writable again; caught up", self.db_path)
+            self._failing = None
+        return True
+
+    def pending(self) -> int:
+        return len(self.spool.sealed_files()) + (1 if self.spool.backlog else 0)
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Stop the thread and load everything; False if something is still unsaved."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        deadline = time.monotonic() + timeout
+        while True:
+            self.run_once()
+            if not self.spool.sealed_files() and not self.spool.backlog:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
