@@ -40,9 +40,7 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def _add_proxy_options(p: argparse.ArgumentParser, default_port: int | None) -> None:
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
-    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument(
         "--port",
         type=int,

@@ -47,8 +47,7 @@ def render(rows: list[tuple], by: str) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = [
         "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
         )
         for r in table
     ]

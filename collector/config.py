@@ -118,9 +118,7 @@ def load_settings(
     if unknown := set(file_values) - known:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
 
-    upstreams = {
-        host.lower(): Upstream.parse(url) for host, url in file_values.get("upstreams", {}).items()
-    }
+    upstreams = {host.lower(): Upstream.parse(url) for host, url in file_values.get("upstreams", {}).items()}
     for flag in upstream_flags or ():
         host, upstream = parse_upstream_flag(flag)
         upstreams[host] = upstream
@@ -141,6 +139,5 @@ def load_settings(
         extra_hosts={h.lower(): p for h, p in file_values.get("hosts", {}).items()},
         capture=capture,
         default_app=file_values.get("app"),
-        otlp_endpoint=file_values.get("otlp_endpoint")
-        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        otlp_endpoint=file_values.get("otlp_endpoint") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
     )

@@ -20,9 +20,7 @@ def parse_instant(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(
-            f"not an ISO 8601 date or time: {value!r} (e.g. 2026-11-23T09:00)"
-        ) from None
+        raise ValueError(f"not an ISO 8601 date or time: {value!r} (e.g. 2026-11-23T09:00)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

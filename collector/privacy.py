@@ -28,9 +28,7 @@ SECRET_HEADERS = frozenset(
         "x-amz-security-token",
     }
 )
-SECRET_QUERY_KEYS = frozenset(
-    {"key", "api_key", "apikey", "api-key", "access_token", "token", "sig"}
-)
+SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "api-key", "access_token", "token", "sig"})
 MASK = "[REDACTED]"
 
 _KEYLIKE = re.compile(
@@ -48,11 +46,7 @@ def clean_path(path: str) -> str:
     base, sep, query = path.partition("?")
     if not sep:
         return path
-    kept = [
-        (k, v)
-        for k, v in parse_qsl(query, keep_blank_values=True)
-        if k.lower() not in SECRET_QUERY_KEYS
-    ]
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() not in SECRET_QUERY_KEYS]
     return f"{base}?{urlencode(kept)}" if kept else base
 
 

@@ -124,8 +124,7 @@ class LlmtapProxy:
         saved = self.ingester.stop(timeout)
         if not saved:
             log.error(
-                "some calls could not be written to %s yet; they stay in %s and are "
-                "loaded at the next start",
+                "some calls could not be written to %s yet; they stay in %s and are loaded at the next start",
                 self.settings.paths.db,
                 self.settings.paths.spool,
             )

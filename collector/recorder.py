@@ -92,9 +92,7 @@ class StreamTee:
         for event, data in events:
             if not data.startswith(("{", "[")):
                 continue  # "[DONE]" and other non-JSON sentinels
-            endpoint.provider.read_event(
-                endpoint.api, event, json.loads(data), self.capture.response
-            )
+            endpoint.provider.read_event(endpoint.api, event, json.loads(data), self.capture.response)
 
 
 class Recorder:

@@ -60,9 +60,7 @@ class SpanRecorder:
             endpoint = otlp_endpoint.rstrip("/")
             if not endpoint.endswith("/v1/traces"):
                 endpoint += "/v1/traces"
-            self._provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint))
-            )
+            self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         self._tracer = self._provider.get_tracer("llmtap")
 
     def record(self, call: dict[str, Any], traceparent: str | None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ backlog and are retried on the next append or seal: traffic is never affected.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -143,10 +144,8 @@ class Spool:
         for path in self.directory.glob("active-*.jsonl"):
             if not _owner_alive(path):
                 _repair_tail(path)
-                try:
+                with contextlib.suppress(FileNotFoundError):  # another process got it first
                     os.rename(path, path.with_name("sealed-" + path.name.removeprefix("active-")))
-                except FileNotFoundError:
-                    pass  # another process recovered it first
         return sorted(self.directory.glob("sealed-*.jsonl"), key=_spool_order)
 
 

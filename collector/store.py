@@ -33,14 +33,10 @@ def is_lock_conflict(exc: Exception) -> bool:
 
 
 @contextmanager
-def read_connection(
-    db_path: Path, timeout: float = LOCK_WAIT_S
-) -> Iterator[duckdb.DuckDBPyConnection]:
+def read_connection(db_path: Path, timeout: float = LOCK_WAIT_S) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection that waits (up to ``timeout``) for a writer to let go."""
     if not db_path.exists():
-        raise FileNotFoundError(
-            f"no llmtap store at {db_path}: start `llmtap proxy` (or pass --data-dir)"
-        )
+        raise FileNotFoundError(f"no llmtap store at {db_path}: start `llmtap proxy` (or pass --data-dir)")
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -82,9 +78,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path) -> int:
         calls = ", ".join(schema.LLM_CALLS)
         con.execute(f"INSERT INTO llm_calls SELECT {calls} FROM batch")
         body_cols = ", ".join(f"body.{c}" for c in schema.CALL_BODIES if c != "call_id")
-        con.execute(
-            f"INSERT INTO call_bodies SELECT call_id, {body_cols} FROM batch WHERE body IS NOT NULL"
-        )
+        con.execute(f"INSERT INTO call_bodies SELECT call_id, {body_cols} FROM batch WHERE body IS NOT NULL")
         span_cols = ", ".join("call_id" if c == "call_id" else f"span.{c}" for c in schema.SPANS)
         con.execute(f"INSERT INTO spans SELECT {span_cols} FROM batch WHERE span IS NOT NULL")
         (rows,) = con.execute("SELECT count(*) FROM batch").fetchone()
@@ -149,8 +143,7 @@ class Ingester:
             message = f"{type(exc).__name__}: {exc}"
             if message != self._failing:
                 log.error(
-                    "cannot write to %s (%s); calls stay in the spool and are loaded "
-                    "when it works again",
+                    "cannot write to %s (%s); calls stay in the spool and are loaded when it works again",
                     self.db_path,
                     message,
                 )

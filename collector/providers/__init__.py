@@ -52,9 +52,7 @@ class ProviderRegistry:
         for host, name in (extra_hosts or {}).items():
             if name not in by_name:
                 known = ", ".join(sorted(by_name))
-                raise ValueError(
-                    f"host {host!r} maps to unknown provider {name!r} (known: {known})"
-                )
+                raise ValueError(f"host {host!r} maps to unknown provider {name!r} (known: {known})")
             pairs.append((host, by_name[name]))
         for host, provider in pairs:
             host = host.lower()
