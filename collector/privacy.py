@@ -30,6 +30,8 @@ SECRET_HEADERS = frozenset(
 )
 SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "api-key", "access_token", "token", "sig"})
 MASK = "[REDACTED]"
+#: Shorter values are not cut out of bodies: they would match ordinary text.
+MIN_SECRET_LENGTH = 8
 
 _KEYLIKE = re.compile(
     r"\b(?:sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|AIza[0-9A-Za-z_\-]{30,}"
@@ -38,7 +40,12 @@ _KEYLIKE = re.compile(
 )
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"\b(?:\d[ \-]?){12,18}\d\b")
-_PHONE = re.compile(r"(?<![\w])\+?\d{1,3}[ .\-]?\(?\d{2,4}\)?[ .\-]?\d{3,4}[ .\-]?\d{3,4}(?![\w])")
+# International (+CC ...) or grouped national numbers; a bare run of digits (ids,
+# timestamps, token counts) is not a phone number.
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[ .\-]?(?:\(?\d{1,4}\)?[ .\-]?){1,4}\d{2,4}"
+    r"|\(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4})(?![\w])"
+)
 
 
 def clean_path(path: str) -> str:
@@ -54,16 +61,18 @@ def secret_values(headers: Iterable[tuple[str, str]], path: str) -> list[str]:
     """Every secret value a request carries, to be cut out of anything stored."""
     found: list[str] = []
     for name, value in headers:
-        if name.lower() in SECRET_HEADERS and value:
-            found.append(value)
-            _, _, token = value.partition(" ")
-            if len(token) >= 8:
-                found.append(token)
+        if name.lower() not in SECRET_HEADERS or not value:
+            continue
+        found.append(value)
+        _, _, token = value.partition(" ")  # "Bearer <key>", "Basic <b64>"
+        found.append(token)
+        for pair in value.split(";"):  # "a=<secret>; b=<secret>" in cookies
+            found.append(pair.partition("=")[2].strip())
     _, _, query = path.partition("?")
     for key, value in parse_qsl(query):
-        if key.lower() in SECRET_QUERY_KEYS and len(value) >= 4:
+        if key.lower() in SECRET_QUERY_KEYS:
             found.append(value)
-    return sorted(set(found), key=len, reverse=True)
+    return sorted({v for v in found if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
 
 
 def _luhn_ok(digits: str) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
-from collector.certs import CA_BASENAME, ensure_ca
+from collector.certs import ensure_ca
 from collector.config import Settings
 from collector.metadata import MetadataHeaders
 from collector.providers import ProviderRegistry
@@ -104,6 +104,7 @@ class LlmtapProxy:
             UpstreamRewrite(self.settings.upstreams),
             _Ready(master, ready),
         )
+        self.loop.set_exception_handler(_ignore_cancelled)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, master.shutdown)
@@ -131,5 +132,9 @@ class LlmtapProxy:
         return saved
 
 
-def ca_cert_path(settings: Settings) -> Path:
-    return settings.paths.ca_dir / f"{CA_BASENAME}-ca-cert.pem"
+def _ignore_cancelled(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Open client connections are cancelled at shutdown; asyncio (3.12.1) logs that as an
+    error in a callback. Everything else goes to the default handler."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)

@@ -92,7 +92,11 @@ class StreamTee:
         for event, data in events:
             if not data.startswith(("{", "[")):
                 continue  # "[DONE]" and other non-JSON sentinels
-            endpoint.provider.read_event(endpoint.api, event, json.loads(data), self.capture.response)
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                continue  # one malformed event must not stop reading the rest
+            endpoint.provider.read_event(endpoint.api, event, payload, self.capture.response)
 
 
 class Recorder:
@@ -177,8 +181,7 @@ class Recorder:
         if flow.response is not None and flow.response.timestamp_end and error is None:
             ended = flow.response.timestamp_end
         facts = capture.response
-        if error and facts.error:
-            error = f"{error}; {facts.error}"
+        error = "; ".join(e for e in (error, facts.error) if e) or None
         usage = facts.usage
         has_usage = usage is not None and any(
             v is not None for v in (usage.input_tokens, usage.output_tokens)
@@ -218,7 +221,7 @@ class Recorder:
             "properties": capture.metadata.properties or None,
             "trace_id": None,
             "span_id": None,
-            "error": error or facts.error,
+            "error": error,
             "finish_reasons": facts.finish_reasons,
             "response_id": facts.response_id,
             "usage_raw": facts.usage_raw,
