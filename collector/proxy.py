@@ -60,7 +60,10 @@ class LlmtapProxy:
         paths = settings.paths
         paths.data_dir.mkdir(parents=True, exist_ok=True)
         self.ca_bundle = ensure_ca(paths)
-        ensure_schema(paths.db)
+        try:
+            ensure_schema(paths.db)
+        except Exception as exc:  # the ingester retries; traffic must not wait on the store
+            log.error("store %s not ready (%s); calls are spooled until it is", paths.db, exc)
         self.registry = ProviderRegistry(extra_hosts=settings.extra_hosts)
         self.spool = Spool(paths.spool)
         self.ingester = Ingester(self.spool, paths.db)

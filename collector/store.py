@@ -2,10 +2,14 @@
 
 DuckDB lets one process write, and while it writes no other process may open the
 file. llmtap therefore never keeps the database open: the ingester opens it about
-once a second for a few milliseconds, loads every sealed spool file in one
+twice a second for a few milliseconds, loads every sealed spool file in one
 transaction each, and closes it. Readers (export, report, the dashboard, notebooks)
 open it read-only through :func:`read_connection`, which waits out a writer's brief
 hold instead of failing, and they close it as soon as their query is done.
+
+Readers could starve the writer (overlapping read-only opens leave it no gap), so a
+writer that finds the file busy announces itself with a small intent file beside the
+database; new readers wait for it to go (or go stale) before opening.
 """
 
 from __future__ import annotations
@@ -26,10 +30,54 @@ from collector.spool import Spool
 log = logging.getLogger("llmtap.store")
 
 LOCK_WAIT_S = 30.0
+#: How long a writer keeps trying for the lock (with readers held back) per attempt.
+WRITER_WAIT_S = 2.0
+#: Longest pause between attempts while the store is failing.
+MAX_RETRY_S = 5.0
+#: An intent file older than this was left by a writer that died; readers ignore it.
+INTENT_STALE_S = 5.0
 
 
 def is_lock_conflict(exc: Exception) -> bool:
-    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+    return isinstance(exc, duckdb.IOException) and "Could not set lock on file" in str(exc)
+
+
+def _intent_file(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".write-intent")
+
+
+def _wait_for_writer(db_path: Path, deadline: float) -> None:
+    intent = _intent_file(db_path)
+    while time.monotonic() < deadline:
+        try:
+            age = time.time() - intent.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > INTENT_STALE_S:
+            return
+        time.sleep(0.005)
+
+
+def connect_writer(db_path: Path, wait: float = WRITER_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """A read-write connection; if readers hold the file, hold new readers back and retry."""
+    try:
+        return duckdb.connect(str(db_path))
+    except duckdb.Error as exc:
+        if not is_lock_conflict(exc):
+            raise
+    intent = _intent_file(db_path)
+    deadline = time.monotonic() + wait
+    try:
+        intent.touch()
+        while True:
+            try:
+                return duckdb.connect(str(db_path))
+            except duckdb.Error as exc:
+                if not is_lock_conflict(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+    finally:
+        intent.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -39,6 +87,7 @@ def read_connection(db_path: Path, timeout: float = LOCK_WAIT_S) -> Iterator[duc
         raise FileNotFoundError(f"no llmtap store at {db_path}: start `llmtap proxy` (or pass --data-dir)")
     deadline = time.monotonic() + timeout
     while True:
+        _wait_for_writer(db_path, deadline)
         try:
             con = duckdb.connect(str(db_path), read_only=True)
             break
@@ -93,9 +142,13 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path) -> int:
 
 def ensure_schema(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(db_path)) as con:
-        for statement in schema.create_statements():
-            con.execute(statement)
+    with connect_writer(db_path) as con:
+        _create_tables(con)
+
+
+def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in schema.create_statements():
+        con.execute(statement)
 
 
 class Ingester:
@@ -110,7 +163,6 @@ class Ingester:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llmtap-ingester", daemon=True)
         self._failing: str | None = None
-        self._schema_ready = False
 
     def start(self) -> None:
         self._thread.start()
@@ -120,7 +172,7 @@ class Ingester:
         while not self._stop.is_set():
             self._wake.wait(delay)
             self._wake.clear()
-            delay = self.interval if self.run_once() else min(delay * 2, 30.0)
+            delay = self.interval if self.run_once() else min(delay * 2, MAX_RETRY_S)
 
     def run_once(self) -> bool:
         """Seal and load what is pending. True when everything pending was loaded."""
@@ -129,17 +181,14 @@ class Ingester:
         if not files:
             return True
         try:
-            with duckdb.connect(str(self.db_path)) as con:
-                if not self._schema_ready:
-                    for statement in schema.create_statements():
-                        con.execute(statement)
-                    self._schema_ready = True
+            with connect_writer(self.db_path) as con:
+                _create_tables(con)  # cheap, and recreates a store that was moved away
                 for path in files:
                     self.rows_ingested += ingest_file(con, path)
                     path.unlink(missing_ok=True)
         except Exception as exc:
             if is_lock_conflict(exc):
-                return True  # a reader holds the file for a moment; try again next tick
+                return True  # readers held it throughout; try again next tick
             message = f"{type(exc).__name__}: {exc}"
             if message != self._failing:
                 log.error(

@@ -23,9 +23,15 @@ def free_port() -> int:
 
 class ProxyProcess:
     def __init__(
-        self, data_dir: Path, upstreams: dict[str, str], extra_args: list[str] | None = None
+        self,
+        data_dir: Path,
+        upstreams: dict[str, str],
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``env``: variables added to (or overriding) this process's environment for the proxy."""
         self.data_dir = data_dir
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.args = [
             sys.executable,
@@ -64,6 +70,7 @@ class ProxyProcess:
             stderr=self._log_file,
             text=True,
             cwd=Path(__file__).parent.parent,
+            env={**os.environ, **self.extra_env} if self.extra_env else None,
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None

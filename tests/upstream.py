@@ -2,7 +2,9 @@
 
 Each route answers with a scripted :class:`Reply`: a body sent at once, or a list of
 chunks sent one by one with delays (for event streams), optionally compressed, or
-cut off mid-stream. Every request received is kept for assertions.
+cut off mid-stream. A route may instead be a callable taking the :class:`Received`
+request and returning a :class:`Reply` (e.g. for a unique id per response). Every
+request received is kept for assertions.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -58,7 +61,7 @@ class Received:
 
 class FakeUpstream:
     def __init__(self) -> None:
-        self.routes: dict[str, Reply] = {}
+        self.routes: dict[str, Reply | Callable[[Received], Reply]] = {}
         self.received: list[Received] = []
         self.default = Reply.json({"error": {"message": "no route"}}, status=404)
         upstream = self
@@ -72,10 +75,13 @@ class FakeUpstream:
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                upstream.received.append(
-                    Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                received = Received(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
                 )
+                upstream.received.append(received)
                 reply = upstream.routes.get(self.path.split("?")[0], upstream.default)
+                if callable(reply):
+                    reply = reply(received)
                 self.send_response(reply.status)
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
@@ -89,7 +95,12 @@ class FakeUpstream:
                 self.wfile.flush()
                 for i, chunk in enumerate(reply.chunks):
                     if reply.reset_after is not None and i >= reply.reset_after:
+                        # SO_LINGER 0: closing sends a TCP RST. The socket only really closes
+                        # once rfile lets go of it too; and end the keep-alive loop, which
+                        # would otherwise wait for a next request on the half-dead socket.
                         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                        self.close_connection = True
+                        self.rfile.close()
                         self.connection.close()
                         return
                     if reply.delay:
