@@ -55,6 +55,7 @@ class Capture:
     streamed: bool = False
     first_byte: float | None = None
     stream_body: bytearray | None = None
+    completed_at: float | None = None
     done: bool = False
 
 
@@ -89,14 +90,20 @@ class StreamTee:
             body += text[: BODY_LIMIT - len(body)]
         events = self.reader.feed(text) if chunk else self.reader.close()
         endpoint = self.capture.endpoint
+        facts = self.capture.response
         for event, data in events:
+            if data == "[DONE]":
+                facts.complete = True
+                continue
             if not data.startswith(("{", "[")):
-                continue  # "[DONE]" and other non-JSON sentinels
+                continue  # other non-JSON sentinels
             try:
                 payload = json.loads(data)
             except ValueError:
                 continue  # one malformed event must not stop reading the rest
-            endpoint.provider.read_event(endpoint.api, event, payload, self.capture.response)
+            endpoint.provider.read_event(endpoint.api, event, payload, facts)
+        if facts.complete and self.capture.completed_at is None:
+            self.capture.completed_at = time.time()
 
 
 class Recorder:
@@ -172,14 +179,17 @@ class Recorder:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None or capture.done:
             return
+        if capture.completed_at is not None:
+            self._finish(flow, capture, error=None)  # the client already had the whole answer
+            return
         message = flow.error.msg if flow.error else "unknown error"
         self._finish(flow, capture, error=message)
 
     def _finish(self, flow: http.HTTPFlow, capture: Capture, error: str | None) -> None:
         capture.done = True
         ended = time.time()
-        if flow.response is not None and flow.response.timestamp_end and error is None:
-            ended = flow.response.timestamp_end
+        if error is None and flow.response is not None:
+            ended = flow.response.timestamp_end or capture.completed_at or ended
         facts = capture.response
         error = "; ".join(e for e in (error, facts.error) if e) or None
         usage = facts.usage

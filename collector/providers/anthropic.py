@@ -65,6 +65,8 @@ class AnthropicMessages:
                 merged = {**(facts.usage_raw or {}), **delta_usage}
                 facts.usage_raw = merged
                 facts.usage = normalise(merged)
+        elif kind == "message_stop":
+            facts.complete = True
         elif kind == "error":
             facts.error = error_message(data) or "stream error"
 

@@ -42,6 +42,9 @@ class ResponseFacts:
     finish_reasons: list[str] = field(default_factory=list)
     response_id: str | None = None
     error: str | None = None
+    #: The stream's terminal event was seen: the client has the whole answer, so a hang-up
+    #: after this point (the OpenAI SDK closes right after ``[DONE]``) is not a failure.
+    complete: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,10 @@ class Provider(Protocol):
         """Fill ``facts`` from a complete decoded JSON response body."""
 
     def read_event(self, api: str, event: str, data: Any, facts: ResponseFacts) -> None:
-        """Update ``facts`` with one decoded server-sent event (its name and JSON data)."""
+        """Update ``facts`` with one decoded server-sent event (its name and JSON data).
+
+        Set ``facts.complete`` on the API's terminal event. (The ``data: [DONE]`` sentinel
+        of OpenAI-style streams is recognised for every provider before this is called.)"""
 
 
 def as_int(value: Any) -> int | None:
