@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,17 @@ def upstream() -> Iterator[FakeUpstream]:
         yield server
 
 
-@pytest.fixture
-def proxy(tmp_path: Path, upstream: FakeUpstream) -> Iterator[ProxyProcess]:
-    """A real llmtap proxy (subprocess) sending both OpenAI and Anthropic hosts to ``upstream``."""
-    proc = ProxyProcess(tmp_path / "data", {h: upstream.url for h in LLM_HOSTS}).start()
+@contextmanager
+def running_proxy(data_dir: Path, upstream: FakeUpstream, **kw) -> Iterator[ProxyProcess]:
+    """A real llmtap proxy (subprocess) sending both OpenAI and Anthropic hosts to ``upstream``;
+    on exit it must stop cleanly (exit 0)."""
+    proc = ProxyProcess(data_dir, {h: upstream.url for h in LLM_HOSTS}, **kw).start()
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         assert proc.stop() == 0, proc.log.read_text()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, upstream: FakeUpstream) -> Iterator[ProxyProcess]:
+    with running_proxy(tmp_path / "data", upstream) as proc:
+        yield proc

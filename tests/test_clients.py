@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LLM_HOSTS
+from tests.conftest import running_proxy
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream, Reply
 
@@ -174,11 +174,8 @@ def upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory, upstream) -> Iterator[ProxyProcess]:
-    data_dir = tmp_path_factory.mktemp("clients") / "data"
-    proc = ProxyProcess(data_dir, {h: upstream.url for h in LLM_HOSTS}).start()
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        assert proc.stop() == 0, proc.log.read_text()
+    with running_proxy(tmp_path_factory.mktemp("clients") / "data", upstream) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests.conftest import LLM_HOSTS, running_proxy
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream, Reply
 
 OPENAI = "https://api.openai.com/v1/chat/completions"
 ANTHROPIC = "https://api.anthropic.com/v1/messages"
-HOSTS = ("api.openai.com", "api.anthropic.com")
+
 
 OPENAI_REPLY = {
     "id": "chatcmpl-span1",
@@ -61,11 +62,8 @@ def upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory, upstream) -> Iterator[ProxyProcess]:
-    base = tmp_path_factory.mktemp("spans")
-    proc = ProxyProcess(base / "data", {h: upstream.url for h in HOSTS}).start()
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        assert proc.stop() == 0, proc.log.read_text()
+    with running_proxy(tmp_path_factory.mktemp("spans") / "data", upstream) as proc:
+        yield proc
 
 
 def make_client(proxy: ProxyProcess) -> httpx.Client:
@@ -324,7 +322,7 @@ def test_spans_exported_over_otlp(tmp_path, upstream):
     with OTLPCollector() as collector:
         proxy = ProxyProcess(
             tmp_path / "data",
-            {h: upstream.url for h in HOSTS},
+            {h: upstream.url for h in LLM_HOSTS},
             env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url},
         ).start()
         try:

@@ -12,11 +12,11 @@ import re
 import ssl
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import running_proxy
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream, Reply
 
@@ -32,12 +32,8 @@ def upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory, upstream) -> Iterator[ProxyProcess]:
-    base: Path = tmp_path_factory.mktemp("errors")
-    hosts = {"api.openai.com": upstream.url, "api.anthropic.com": upstream.url}
-    proc = ProxyProcess(base / "data", hosts).start()
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        assert proc.stop() == 0, proc.log.read_text()
+    with running_proxy(tmp_path_factory.mktemp("errors") / "data", upstream) as proc:
+        yield proc
 
 
 @pytest.fixture
