@@ -43,6 +43,10 @@ LLM_CALLS: dict[str, str] = {
     "finish_reasons": "VARCHAR[]",
     "response_id": "VARCHAR",
     "usage_raw": "JSON",
+    "service_tier": "VARCHAR",
+    "provider_cost_usd": "DECIMAL(18,9)",
+    "request_features": "VARCHAR[]",
+    "max_output_tokens": "BIGINT",
 }
 
 CALL_BODIES: dict[str, str] = {
@@ -84,3 +88,12 @@ def create_statements() -> list[str]:
         "ingested_at TIMESTAMPTZ DEFAULT current_timestamp)"
     )
     return statements
+
+
+def migrate_statements() -> list[str]:
+    """Add columns that a store created by an earlier llmtap lacks."""
+    return [
+        f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {column} {ctype}"
+        for name, cols in TABLES.items()
+        for column, ctype in cols.items()
+    ]

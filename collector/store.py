@@ -144,6 +144,8 @@ def ensure_schema(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     with connect_writer(db_path) as con:
         _create_tables(con)
+        for statement in schema.migrate_statements():
+            con.execute(statement)
 
 
 def _create_tables(con: duckdb.DuckDBPyConnection) -> None:

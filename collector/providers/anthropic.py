@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.providers.base import RequestFacts, ResponseFacts, Usage, as_int, dig, error_message
+from collector.providers.base import (
+    RequestFacts,
+    ResponseFacts,
+    Usage,
+    as_int,
+    dig,
+    error_message,
+    text_length,
+)
 
 
 def normalise(raw: dict[str, Any]) -> Usage:
@@ -28,9 +36,29 @@ def normalise(raw: dict[str, Any]) -> Usage:
     )
 
 
+def _features(body: dict[str, Any]) -> list[str]:
+    found = []
+    if body.get("tools"):
+        found.append("tools")
+    if body.get("output_format") or dig(body, "output_config", "format"):
+        found.append("structured_output")
+    kinds = {
+        part.get("type")
+        for message in body.get("messages") or ()
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict)
+    }
+    if kinds & {"image", "document"}:
+        found.append("images")
+    return found
+
+
 class AnthropicMessages:
     name = "anthropic"
     hosts = ("api.anthropic.com",)
+    prices_id = "anthropic"
+    stream_usage_option = False
 
     def api_for(self, path: str) -> str | None:
         path = path.split("?", 1)[0].rstrip("/")
@@ -43,6 +71,9 @@ class AnthropicMessages:
         return RequestFacts(
             model=model if isinstance(model, str) else None,
             stream=body.get("stream") is True,
+            features=_features(body),
+            max_output_tokens=as_int(body.get("max_tokens")),
+            prompt_chars=text_length(body.get("system")) + text_length(body.get("messages")),
         )
 
     def read_response(self, api: str, body: Any, facts: ResponseFacts) -> None:
@@ -50,12 +81,16 @@ class AnthropicMessages:
             return
         facts.error = error_message(body)
         self._read_message(body, facts)
+        facts.output_chars += text_length(body.get("content"))
 
     def read_event(self, api: str, event: str, data: Any, facts: ResponseFacts) -> None:
         if not isinstance(data, dict):
             return
         kind = data.get("type") or event
-        if kind == "message_start" and isinstance(data.get("message"), dict):
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            facts.output_chars += text_length(delta.get("text") or delta.get("thinking"))
+        elif kind == "message_start" and isinstance(data.get("message"), dict):
             self._read_message(data["message"], facts)
         elif kind == "message_delta":
             if reason := dig(data, "delta", "stop_reason"):
@@ -82,6 +117,8 @@ class AnthropicMessages:
         if isinstance(raw, dict):
             facts.usage_raw = dict(raw)
             facts.usage = normalise(raw)
+            if isinstance(tier := raw.get("service_tier"), str):
+                facts.service_tier = tier
 
 
 PROVIDER = AnthropicMessages()

@@ -1,16 +1,19 @@
 """The one small interface every provider (API family) module implements.
 
 A provider module owns everything specific to one API family: which hosts and paths
-it serves, where the model and stream flag live in a request, and how usage is
-reported in a response body or in stream events. It returns usage already normalised
-to llmtap's token convention (input includes cache reads and writes, output includes
-reasoning), so nothing downstream needs to know provider semantics.
+it serves, what a request asks for, and how usage is reported in a response body or
+in stream events. It returns usage already normalised to llmtap's token convention
+(input includes cache reads and writes, output includes reasoning), so nothing
+downstream needs to know provider semantics.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+#: Request features the routing recommender must respect (``RequestFacts.features``).
+FEATURES = ("tools", "structured_output", "images", "audio")
 
 
 @dataclass(slots=True)
@@ -30,6 +33,15 @@ class RequestFacts:
 
     model: str | None = None
     stream: bool = False
+    #: Subset of FEATURES the request uses.
+    features: list[str] = field(default_factory=list)
+    max_output_tokens: int | None = None
+    #: Completions asked for (OpenAI ``n``, Gemini ``candidateCount``); None if not set.
+    n: int | None = None
+    #: Characters of prompt text (messages, system, input...), for estimating usage.
+    prompt_chars: int = 0
+    #: OpenAI-style streams: the client already set ``stream_options.include_usage``.
+    stream_usage_requested: bool = False
 
 
 @dataclass(slots=True)
@@ -42,6 +54,12 @@ class ResponseFacts:
     finish_reasons: list[str] = field(default_factory=list)
     response_id: str | None = None
     error: str | None = None
+    #: Service tier the response reports (OpenAI "default"/"flex"/"priority", ...).
+    service_tier: str | None = None
+    #: Cost in USD as reported by the provider itself (OpenRouter ``usage.cost``).
+    provider_cost_usd: float | None = None
+    #: Characters of generated text seen, for estimating usage when none is reported.
+    output_chars: int = 0
     #: The stream's terminal event was seen: the client has the whole answer, so a hang-up
     #: after this point (the OpenAI SDK closes right after ``[DONE]``) is not a failure.
     complete: bool = False
@@ -56,20 +74,29 @@ class Endpoint:
 
 
 class Provider(Protocol):
-    """One API family. Implementations are plain module-level objects."""
+    """One API family at one vendor. Implementations are plain module-level objects."""
 
+    #: The contract's provider name (openai, anthropic, gemini, ...).
     name: str
     #: Host names served, exact ("api.openai.com") or suffix patterns ("*.openai.azure.com").
     hosts: tuple[str, ...]
+    #: genai-prices provider id used to price this provider's calls; None: find by model.
+    prices_id: str | None
+    #: Accepts OpenAI's ``stream_options.include_usage`` on chat/completions streams, so
+    #: llmtap may add it when the client did not (and hide the extra chunk from the client).
+    stream_usage_option: bool
 
     def api_for(self, path: str) -> str | None:
-        """The api kind (chat, messages, ...) for a request path, or None if not an LLM call."""
+        """The api kind (chat, messages, ...) for a request path, or None if not an LLM API."""
 
     def read_request(self, api: str, path: str, body: Any) -> RequestFacts:
-        """Read the requested model and stream flag from the decoded JSON body."""
+        """Read what the client asked for from the decoded JSON body (None if not JSON).
+
+        ``api`` may be "unknown" (a POST to an unrecognised path on this provider's host):
+        read what you can, raise nothing."""
 
     def read_response(self, api: str, body: Any, facts: ResponseFacts) -> None:
-        """Fill ``facts`` from a complete decoded JSON response body."""
+        """Fill ``facts`` from a complete decoded JSON response body (None if not JSON)."""
 
     def read_event(self, api: str, event: str, data: Any, facts: ResponseFacts) -> None:
         """Update ``facts`` with one decoded server-sent event (its name and JSON data).
@@ -89,13 +116,27 @@ def as_int(value: Any) -> int | None:
     return None
 
 
-def dig(obj: Any, *keys: str) -> Any:
-    """Follow nested keys through dicts, returning None at the first gap."""
+def dig(obj: Any, *keys: str | int) -> Any:
+    """Follow nested keys (or list indexes) through JSON, returning None at the first gap."""
     for key in keys:
-        if not isinstance(obj, dict):
+        if isinstance(obj, dict) and isinstance(key, str):
+            obj = obj.get(key)
+        elif isinstance(obj, list) and isinstance(key, int) and -len(obj) <= key < len(obj):
+            obj = obj[key]
+        else:
             return None
-        obj = obj.get(key)
     return obj
+
+
+def text_length(value: Any) -> int:
+    """Characters of text in a JSON value (all strings, recursively), for usage estimates."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(text_length(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(text_length(v) for v in value)
+    return 0
 
 
 def error_message(body: Any) -> str | None:
@@ -104,7 +145,7 @@ def error_message(body: Any) -> str | None:
     if err is None:
         return None
     if isinstance(err, dict):
-        kind = err.get("type") or err.get("code") or "error"
+        kind = err.get("type") or err.get("code") or err.get("status") or "error"
         msg = err.get("message") or ""
         return f"{kind}: {msg}".strip(": ")
     return str(err)

@@ -31,9 +31,11 @@ def usage_from_chat(raw: dict[str, Any]) -> Usage:
 class OpenAIChat:
     """Chat completions: ``usage`` in the body, or in the final chunk of a stream."""
 
-    def __init__(self, name: str, hosts: tuple[str, ...]) -> None:
+    def __init__(self, name: str, hosts: tuple[str, ...], prices_id: str | None) -> None:
         self.name = name
         self.hosts = hosts
+        self.prices_id = prices_id
+        self.stream_usage_option = True
 
     def api_for(self, path: str) -> str | None:
         path = path.split("?", 1)[0].rstrip("/")
@@ -79,4 +81,4 @@ class OpenAIChat:
             facts.usage = usage_from_chat(raw)
 
 
-PROVIDER = OpenAIChat("openai", ("api.openai.com",))
+PROVIDER = OpenAIChat("openai", ("api.openai.com",), "openai")
