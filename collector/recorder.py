@@ -124,7 +124,7 @@ class Recorder:
     def request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         host = req.pretty_host.lower()
-        endpoint = self.registry.match(host, req.path)
+        endpoint = self.registry.match(host, req.path, req.method)
         if endpoint is None:
             return
         capture = Capture(

@@ -45,13 +45,21 @@ def test_registry_matches_hosts_and_paths():
     assert registry.match("api.openai.com", "/v1/chat/completions").api == "chat"
     assert registry.match("api.anthropic.com", "/v1/messages?beta=true").provider.name == "anthropic"
     assert registry.match("llm.internal.example", "/v1/chat/completions").provider.name == "openai"
-    assert registry.match("api.openai.com", "/v1/files") is None
+    assert registry.match("api.openai.com", "/v1/models", "GET") is None
+    assert registry.match("api.openai.com", "/v1/something/new").api == "unknown"
     assert registry.match("example.com", "/v1/chat/completions") is None
 
 
 def test_registry_rejects_unknown_provider_in_config():
     with pytest.raises(ValueError, match="unknown provider 'nope'"):
         ProviderRegistry(extra_hosts={"x.example": "nope"})
+
+
+def test_wildcard_hosts():
+    registry = ProviderRegistry(extra_hosts={"bedrock-runtime.*.amazonaws.com": "anthropic"})
+    assert registry.for_host("bedrock-runtime.eu-west-1.amazonaws.com").name == "anthropic"
+    assert registry.for_host("bedrock-runtime.amazonaws.com") is None
+    assert registry.for_host("evil.example/bedrock-runtime.x.amazonaws.com") is None
 
 
 def test_allow_host_patterns_are_anchored():

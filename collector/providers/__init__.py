@@ -46,18 +46,18 @@ class ProviderRegistry:
     ) -> None:
         self.providers = list(providers if providers is not None else builtin_providers())
         by_name = {p.name: p for p in self.providers}
-        self._exact: dict[str, Provider] = {}
-        self._suffixes: list[tuple[str, Provider]] = []
         pairs = [(h, p) for p in self.providers for h in p.hosts]
         for host, name in (extra_hosts or {}).items():
             if name not in by_name:
                 known = ", ".join(sorted(by_name))
                 raise ValueError(f"host {host!r} maps to unknown provider {name!r} (known: {known})")
             pairs.append((host, by_name[name]))
+        self._exact: dict[str, Provider] = {}
+        self._wildcards: list[tuple[re.Pattern[str], Provider]] = []
         for host, provider in pairs:
             host = host.lower()
-            if host.startswith("*."):
-                self._suffixes.append((host[1:], provider))
+            if "*" in host:
+                self._wildcards.append((re.compile(_glob_regex(host) + "$"), provider))
             else:
                 self._exact[host] = provider
 
@@ -65,20 +65,29 @@ class ProviderRegistry:
         host = host.lower()
         if (provider := self._exact.get(host)) is not None:
             return provider
-        for suffix, provider in self._suffixes:
-            if host.endswith(suffix):
+        for pattern, provider in self._wildcards:
+            if pattern.match(host):
                 return provider
         return None
 
-    def match(self, host: str, path: str) -> Endpoint | None:
+    def match(self, host: str, path: str, method: str = "POST") -> Endpoint | None:
+        """The provider and api for a request; a POST to an unrecognised path on a known
+        LLM host is still a call (api "unknown"), other methods there are not."""
         provider = self.for_host(host)
         if provider is None:
             return None
         api = provider.api_for(path)
-        return Endpoint(provider, api) if api is not None else None
+        if api is None:
+            return Endpoint(provider, "unknown") if method == "POST" else None
+        return Endpoint(provider, api)
 
     def host_patterns(self) -> list[str]:
         """Regular expressions for mitmproxy's ``allow_hosts``: only these are intercepted."""
         exact = [rf"^{re.escape(h)}(:\d+)?$" for h in sorted(self._exact)]
-        suffix = [rf"^[^:]+{re.escape(s)}(:\d+)?$" for s, _ in self._suffixes]
-        return exact + suffix
+        wild = [p.pattern.removesuffix("$") + r"(:\d+)?$" for p, _ in self._wildcards]
+        return exact + wild
+
+
+def _glob_regex(host: str) -> str:
+    """``*`` matches one or more characters of a host name (never a port)."""
+    return "^" + "[^:/]+".join(re.escape(part) for part in host.split("*"))
