@@ -27,6 +27,7 @@ from collector.recorder import Recorder
 from collector.spans import SpanRecorder
 from collector.spool import Spool
 from collector.store import Ingester, ensure_schema
+from collector.stream_usage import StreamUsage
 from collector.upstream import UpstreamRewrite
 
 log = logging.getLogger("llmtap.proxy")
@@ -104,6 +105,7 @@ class LlmtapProxy:
         master.addons.add(
             MetadataHeaders(self.settings.default_app),
             self.recorder,
+            StreamUsage(),
             UpstreamRewrite(self.settings.upstreams),
             _Ready(master, ready),
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from collector import privacy
 from collector.decoding import Decoder, decoder_for
 from collector.failopen import fail_open, failures
 from collector.metadata import METADATA_KEY, CallMetadata
-from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts
+from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts, Usage
 from collector.spans import SpanRecorder
 from collector.spool import Spool
 from collector.sse import SSEReader
@@ -50,6 +51,8 @@ class Capture:
     metadata: CallMetadata
     traceparent: str | None
     secrets: list[str]
+    #: The body as the client sent it (addons may change what goes upstream).
+    request_body: bytes = b""
     request: RequestFacts = field(default_factory=RequestFacts)
     response: ResponseFacts = field(default_factory=ResponseFacts)
     streamed: bool = False
@@ -137,7 +140,8 @@ class Recorder:
             traceparent=req.headers.get("traceparent"),
             secrets=privacy.secret_values(req.headers.items(), req.path),
         )
-        body = _json_or_none(req.content)
+        capture.request_body = req.content or b""
+        body = _json_or_none(capture.request_body)
         capture.request = endpoint.provider.read_request(endpoint.api, req.path, body)
         flow.metadata[CAPTURE_KEY] = capture
 
@@ -192,10 +196,7 @@ class Recorder:
             ended = flow.response.timestamp_end or capture.completed_at or ended
         facts = capture.response
         error = "; ".join(e for e in (error, facts.error) if e) or None
-        usage = facts.usage
-        has_usage = usage is not None and any(
-            v is not None for v in (usage.input_tokens, usage.output_tokens)
-        )
+        usage, usage_source = _usage(capture, flow.response.status_code if flow.response else None)
         first_byte = capture.first_byte
         if first_byte is None and flow.response is not None:
             first_byte = flow.response.timestamp_start
@@ -218,7 +219,7 @@ class Recorder:
             "cache_read_tokens": usage.cache_read_tokens if usage else None,
             "cache_write_tokens": usage.cache_write_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
-            "usage_source": "provider" if has_usage else "none",
+            "usage_source": usage_source,
             "latency_ms": (ended - capture.started) * 1000.0,
             "ttft_ms": (first_byte - capture.started) * 1000.0 if first_byte else None,
             "cost_usd": None,
@@ -235,6 +236,10 @@ class Recorder:
             "finish_reasons": facts.finish_reasons,
             "response_id": facts.response_id,
             "usage_raw": facts.usage_raw,
+            "service_tier": facts.service_tier,
+            "provider_cost_usd": facts.provider_cost_usd,
+            "request_features": capture.request.features,
+            "max_output_tokens": capture.request.max_output_tokens,
             "_start_ns": int(capture.started * 1e9),
             "_end_ns": int(ended * 1e9),
         }
@@ -253,12 +258,34 @@ class Recorder:
             response_raw = bytes(capture.stream_body) if capture.stream_body is not None else None
         else:
             response_raw = _content(flow.response)[:BODY_LIMIT] if flow.response else None
-        request_raw = (flow.request.content or b"")[:BODY_LIMIT]
+        request_raw = capture.request_body[:BODY_LIMIT]
         return {
             "capture_mode": mode,
             "request_body": privacy.stored_body(request_raw, mode, capture.secrets),
             "response_body": privacy.stored_body(response_raw, mode, capture.secrets),
         }
+
+
+#: Characters per token assumed when estimating usage the provider did not report.
+CHARS_PER_TOKEN = 4
+
+
+def _usage(capture: Capture, status: int | None) -> tuple[Usage | None, str]:
+    """The provider's usage, else an estimate from text lengths for a call that got an
+    answer, else nothing."""
+    usage = capture.response.usage
+    if usage is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
+        return usage, "provider"
+    if (status is not None and status >= 400) or not capture.request.prompt_chars:
+        return None, "none"
+    embeddings = capture.endpoint.api == "embeddings"
+    return (
+        Usage(
+            input_tokens=math.ceil(capture.request.prompt_chars / CHARS_PER_TOKEN),
+            output_tokens=None if embeddings else math.ceil(capture.response.output_chars / CHARS_PER_TOKEN),
+        ),
+        "estimated",
+    )
 
 
 def _content(message: http.Message | None) -> bytes:

@@ -80,7 +80,11 @@ def test_curl_stream_recorded(proxy, upstream):
         "usage": {"prompt_tokens": 9, "completion_tokens": 2},
     }
     upstream.routes["/v1/chat/completions"] = Reply.sse([chunk, chunk, final, usage, "[DONE]"], delay=0.02)
-    out = curl(proxy, "https://api.openai.com/v1/chat/completions", {"model": "gpt-4o", "stream": True})
+    out = curl(
+        proxy,
+        "https://api.openai.com/v1/chat/completions",
+        {"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}},
+    )
     assert out.count("data: ") == 5
     (row,) = proxy.rows(wait_for=1)
     assert row["stream"] is True

@@ -297,7 +297,8 @@ def test_malformed_stream_event_keeps_later_usage(proxy, upstream, client, clean
     }
     reply = Reply.sse([chunk, '{"id": "c2", "choices": [', chunk, usage, "[DONE]"], delay=0.01)
     upstream.routes["/v1/chat/completions"] = reply
-    resp = client.post(f"{OPENAI}?case=bad-event", json={"model": "gpt-4o-mini", "stream": True})
+    body = {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}}
+    resp = client.post(f"{OPENAI}?case=bad-event", json=body)
     assert resp.content == b"".join(reply.chunks or [])
     row = row_for(proxy, "bad-event")
     assert (row["input_tokens"], row["output_tokens"]) == (8, 3), row

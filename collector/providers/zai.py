@@ -1,0 +1,5 @@
+"""Z.ai (Zhipu GLM) OpenAI-compatible API under ``/api/paas/v4``."""
+
+from collector.providers.openai import OpenAIFamily
+
+PROVIDER = OpenAIFamily(name="zai", hosts=("api.z.ai",), prices_id="zai")
