@@ -210,7 +210,9 @@ class Recorder:
             "host": capture.host,
             "path": capture.path,
             "status_code": flow.response.status_code if flow.response is not None else None,
-            "stream": capture.streamed,
+            # A streaming call: the client asked for a stream (even if the answer was a plain
+            # error), or the answer was an event stream.
+            "stream": capture.streamed or capture.request.stream,
             "request_model": capture.request.model,
             "response_model": facts.model,
             "routed_from_model": None,
@@ -233,7 +235,7 @@ class Recorder:
             "trace_id": None,
             "span_id": None,
             "error": error,
-            "finish_reasons": facts.finish_reasons,
+            "finish_reasons": [reason for reason in facts.finish_reasons if reason],
             "response_id": facts.response_id,
             "usage_raw": facts.usage_raw,
             "service_tier": facts.service_tier,

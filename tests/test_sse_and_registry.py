@@ -56,10 +56,10 @@ def test_registry_rejects_unknown_provider_in_config():
 
 
 def test_wildcard_hosts():
-    registry = ProviderRegistry(extra_hosts={"bedrock-runtime.*.amazonaws.com": "anthropic"})
-    assert registry.for_host("bedrock-runtime.eu-west-1.amazonaws.com").name == "anthropic"
-    assert registry.for_host("bedrock-runtime.amazonaws.com") is None
-    assert registry.for_host("evil.example/bedrock-runtime.x.amazonaws.com") is None
+    registry = ProviderRegistry(extra_hosts={"llm-*.corp.example": "anthropic"})
+    assert registry.for_host("llm-eu-west-1.corp.example").name == "anthropic"
+    assert registry.for_host("llm-.corp.example") is None
+    assert registry.for_host("evil.example/llm-x.corp.example") is None
 
 
 def test_allow_host_patterns_are_anchored():
