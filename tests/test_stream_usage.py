@@ -114,8 +114,9 @@ def test_client_choices_are_respected(proxy, upstream):
     assert json.loads(upstream.received[1].body)["stream_options"] == {"include_usage": False}
     rows = proxy.rows("SELECT * FROM llm_calls ORDER BY started_at", wait_for=2)
     assert [r["usage_source"] for r in rows] == ["provider", "estimated"]
-    # estimated from text length: 33 prompt characters, 12 generated ("Hello there!")
-    assert (rows[1]["input_tokens"], rows[1]["output_tokens"]) == (9, 3)
+    # estimated at 4 characters a token: 37 prompt characters (33 of content, 4 of role),
+    # 12 generated ("Hello there!")
+    assert (rows[1]["input_tokens"], rows[1]["output_tokens"]) == (10, 3)
 
 
 def test_signed_requests_are_never_modified(proxy, upstream):
