@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="ISO", help="only calls started at or after this time")
     p.add_argument("--by", choices=["model", "provider", "app", "day"], default="model")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "reprice",
+        help="recompute stored calls' costs after prices or overrides change",
+        description="Recompute cost_usd, input_cost_usd, output_cost_usd and price_ref of stored "
+        "calls from their stored usage, with the bundled genai-prices catalogue and the "
+        "config's [prices] overrides. Nothing else changes; safe while a proxy runs.",
+    )
+    _add_data_dir(p)
+    p.add_argument("--config", metavar="FILE", help="TOML config file with [prices] overrides (see README)")
+    p.add_argument("--since", metavar="ISO", help="only calls started at or after this time")
+    p.set_defaults(func=cmd_reprice)
     return parser
 
 
@@ -230,10 +242,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from app.report import render, summary
+    from app.report import render, render_unpriced, summary, unpriced
 
     since = parse_instant(args.since) if args.since else None
     print(render(summary(_db(args), args.by, since), args.by))
+    if lines := render_unpriced(unpriced(_db(args), since)):
+        print("\n" + lines)
+    return 0
+
+
+def cmd_reprice(args: argparse.Namespace) -> int:
+    from collector.pricing import PriceBook, reprice
+    from collector.providers import builtin_providers
+
+    settings = load_settings(data_dir=args.data_dir, config_file=args.config)
+    since = parse_instant(args.since) if args.since else None
+    prices_ids = {p.name: p.prices_id for p in builtin_providers()}
+    result = reprice(settings.paths.db, PriceBook(settings.prices), prices_ids, since)
+    window = f" started since {since.isoformat()}" if since else ""
+    print(
+        f"llmtap: repriced {result.calls} calls{window}: {result.changed} changed, "
+        f"{result.unpriced} with usage but no price (listed by `llmtap report`)"
+    )
     return 0
 
 

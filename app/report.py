@@ -29,21 +29,49 @@ def summary(db_path: Path, by: str, since: datetime | None) -> list[tuple]:
         return con.execute(query, params).fetchall()
 
 
+def unpriced(db_path: Path, since: datetime | None) -> list[tuple[str, str, int]]:
+    """(model, provider, calls) with usage but no price: what to add to ``[prices]``."""
+    where = "AND started_at >= ?" if since else ""
+    query = f"""
+        SELECT coalesce(response_model, request_model, '(unknown)') AS model, provider, count(*) AS calls
+        FROM llm_calls
+        WHERE cost_usd IS NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) {where}
+        GROUP BY ALL ORDER BY calls DESC, model, provider
+    """
+    with read_connection(db_path) as con:
+        return con.execute(query, [since] if since else []).fetchall()
+
+
+def render_unpriced(rows: list[tuple[str, str, int]]) -> str:
+    """The unpriced models as an indented table under a note saying how to price them; "" if none."""
+    if not rows:
+        return ""
+    table = _table([("model", "provider", "calls"), *((m, p, f"{n:,}") for m, p, n in rows)])
+    return (
+        'unpriced models (cost unknown; add [prices."MODEL"] to the config, then `llmtap reprice`):\n'
+        + "\n".join("  " + line for line in table.splitlines())
+    )
+
+
 def render(rows: list[tuple], by: str) -> str:
     def fmt(value: object, col: int) -> str:
         if value is None:
             return "-"
         if col == 4:
-            return f"{float(value):,.4f}"
+            return f"{value:,.4f}"
         if isinstance(value, float):
             return f"{value:,.1f}"
         if isinstance(value, int):
             return f"{value:,}"
         return str(value)
 
-    table = [(by, *HEADERS)] + [tuple(fmt(v, i) for i, v in enumerate(r)) for r in rows]
-    if len(table) == 1:
+    if not rows:
         return "no calls recorded in this window"
+    return _table([(by, *HEADERS)] + [tuple(fmt(v, i) for i, v in enumerate(r)) for r in rows])
+
+
+def _table(table: list[tuple[str, ...]]) -> str:
+    """Rows of text as aligned columns (first left, rest right) under a rule."""
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = [
         "  ".join(

@@ -10,15 +10,27 @@ The config file is TOML::
 
     [hosts]                     # extra LLM hosts to intercept, and the API family they speak
     "llm.internal.example" = "openai"
+
+    [prices."my-model"]         # USD per million tokens; wins over the genai-prices catalogue
+    input = 2.5
+    output = 10
+    cache_read = 1.25           # optional; default: the input price
+    cache_write = 3.125         # optional; default: the input price
+    tiers = [{above = 200000, input = 5, output = 15}]   # optional; keys left out keep the base price
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+from collector.pricing import Rates, tier_ref
 
 CAPTURE_MODES = ("full", "redacted", "metadata")
 
@@ -76,6 +88,8 @@ class Settings:
     capture: str = "full"
     default_app: str | None = None
     otlp_endpoint: str | None = None
+    #: Per-model price overrides from the config's ``[prices."MODEL"]`` tables.
+    prices: dict[str, Rates] = field(default_factory=dict)
 
     @property
     def paths(self) -> Paths:
@@ -114,7 +128,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
-    known = {"capture", "app", "upstreams", "hosts", "otlp_endpoint", "data_dir"}
+    known = {"capture", "app", "upstreams", "hosts", "otlp_endpoint", "data_dir", "prices"}
     if unknown := set(file_values) - known:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
 
@@ -140,4 +154,64 @@ def load_settings(
         capture=capture,
         default_app=file_values.get("app"),
         otlp_endpoint=file_values.get("otlp_endpoint") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        prices=_parse_prices(file_values.get("prices", {})),
     )
+
+
+_RATE_KEYS = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+def _parse_prices(table: Any) -> dict[str, Rates]:
+    """The ``[prices."MODEL"]`` tables as Rates, or a ConfigError naming the bad entry.
+
+    Users price models the catalogue lacks (fine-tunes, self-hosted models, negotiated
+    rates), so mistakes here would silently misstate costs: every key is checked."""
+    if not isinstance(table, dict):
+        raise ConfigError('prices must be a table of [prices."MODEL"] tables')
+    return {model: _parse_model_prices(model, entry) for model, entry in table.items()}
+
+
+def _parse_model_prices(model: str, entry: Any) -> Rates:
+    where = f'prices."{model}"'
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table with input and output prices (USD per million tokens)")
+    _check_keys(where, entry, (*_RATE_KEYS, "tiers"))
+    for required in ("input", "output"):
+        if required not in entry:
+            raise ConfigError(f"{where} needs {required} (USD per million tokens)")
+    ref = f"override: {model}"
+    base = {key: _rate(f"{where}.{key}", entry[key]) for key in _RATE_KEYS if key in entry}
+    tiers_raw = entry.get("tiers", [])
+    if not isinstance(tiers_raw, list):
+        raise ConfigError(
+            f"{where}.tiers must be a list of tables like {{above = 200000, input = 5, output = 15}}"
+        )
+    tiers: list[tuple[int, Rates]] = []
+    for i, tier in enumerate(tiers_raw):
+        at = f"{where}.tiers[{i}]"
+        if not isinstance(tier, dict):
+            raise ConfigError(f"{at} must be a table like {{above = 200000, input = 5, output = 15}}")
+        _check_keys(at, tier, (*_RATE_KEYS, "above"))
+        above = tier.get("above")
+        if isinstance(above, bool) or not isinstance(above, int) or above <= 0:
+            raise ConfigError(f"{at}.above must be a positive whole number of prompt tokens, got {above!r}")
+        if tiers and above <= tiers[-1][0]:
+            raise ConfigError(
+                f"{where}.tiers must be in increasing order of above ({above} follows {tiers[-1][0]})"
+            )
+        rates = base | {key: _rate(f"{at}.{key}", tier[key]) for key in _RATE_KEYS if key in tier}
+        tiers.append((above, Rates(**rates, ref=tier_ref(ref, above))))
+    return Rates(**base, tiers=tuple(tiers), ref=ref)
+
+
+def _check_keys(where: str, table: dict, allowed: tuple[str, ...]) -> None:
+    if unknown := set(table) - set(allowed):
+        raise ConfigError(
+            f"{where}: unknown keys {', '.join(sorted(unknown))} (allowed: {', '.join(allowed)})"
+        )
+
+
+def _rate(where: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ConfigError(f"{where} must be a non-negative number (USD per million tokens), got {value!r}")
+    return Decimal(str(value))

@@ -22,6 +22,7 @@ from mitmproxy.tools.dump import DumpMaster
 from collector.certs import ensure_ca
 from collector.config import Settings
 from collector.metadata import MetadataHeaders
+from collector.pricing import PriceBook
 from collector.providers import ProviderRegistry
 from collector.recorder import Recorder
 from collector.spans import SpanRecorder
@@ -69,7 +70,9 @@ class LlmtapProxy:
         self.spool = Spool(paths.spool)
         self.ingester = Ingester(self.spool, paths.db)
         self.spans = SpanRecorder(settings.otlp_endpoint)
-        self.recorder = Recorder(self.registry, self.spool, self.spans, settings.capture)
+        self.recorder = Recorder(
+            self.registry, self.spool, self.spans, PriceBook(settings.prices), settings.capture
+        )
         self.master: DumpMaster | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listening: Listening | None = None

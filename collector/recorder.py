@@ -27,6 +27,7 @@ from collector import privacy
 from collector.decoding import Decoder, decoder_for
 from collector.failopen import fail_open, failures
 from collector.metadata import METADATA_KEY, CallMetadata
+from collector.pricing import PriceBook, cost_columns
 from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts, Usage
 from collector.spans import SpanRecorder
 from collector.spool import Spool
@@ -115,11 +116,13 @@ class Recorder:
         registry: ProviderRegistry,
         spool: Spool,
         spans: SpanRecorder,
+        prices: PriceBook,
         capture_mode: str = "full",
     ) -> None:
         self.registry = registry
         self.spool = spool
         self.spans = spans
+        self.prices = prices
         self.capture_mode = capture_mode
         self.calls_recorded = 0
 
@@ -224,10 +227,6 @@ class Recorder:
             "usage_source": usage_source,
             "latency_ms": (ended - capture.started) * 1000.0,
             "ttft_ms": (first_byte - capture.started) * 1000.0 if first_byte else None,
-            "cost_usd": None,
-            "input_cost_usd": None,
-            "output_cost_usd": None,
-            "price_ref": None,
             "app": capture.metadata.app,
             "user_id": capture.metadata.user_id,
             "session_id": capture.metadata.session_id,
@@ -245,6 +244,17 @@ class Recorder:
             "_start_ns": int(capture.started * 1e9),
             "_end_ns": int(ended * 1e9),
         }
+        call.update(
+            cost_columns(
+                self.prices,
+                prices_id=capture.endpoint.provider.prices_id,
+                model=facts.model or capture.request.model,
+                usage=usage,
+                service_tier=facts.service_tier,
+                provider_cost_usd=facts.provider_cost_usd,
+                when=datetime.fromtimestamp(capture.started, UTC),
+            )
+        )
         span = self.spans.record(call, capture.traceparent)
         del call["_start_ns"], call["_end_ns"]
         call["span"] = span

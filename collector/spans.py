@@ -9,6 +9,7 @@ background by the SDK's batch processor.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -71,6 +72,8 @@ class SpanRecorder:
         attributes: dict[str, Any] = {"gen_ai.operation.name": operation}
         for column, attribute in ATTRIBUTES.items():
             value = call.get(column)
+            if isinstance(value, Decimal):
+                value = float(value)  # OpenTelemetry attributes take no Decimal
             if value is not None and value != []:
                 attributes[attribute] = value
         if call["error"]:
