@@ -90,6 +90,9 @@ class Settings:
     otlp_endpoint: str | None = None
     #: Per-model price overrides from the config's ``[prices."MODEL"]`` tables.
     prices: dict[str, Rates] = field(default_factory=dict)
+    #: Per provider: add ``stream_options.include_usage`` to streams that lack it (the
+    #: provider module's default when absent).
+    stream_usage: dict[str, bool] = field(default_factory=dict)
 
     @property
     def paths(self) -> Paths:
@@ -128,7 +131,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
-    known = {"capture", "app", "upstreams", "hosts", "otlp_endpoint", "data_dir", "prices"}
+    known = {"capture", "app", "upstreams", "hosts", "otlp_endpoint", "data_dir", "prices", "stream_usage"}
     if unknown := set(file_values) - known:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
 
@@ -155,6 +158,7 @@ def load_settings(
         default_app=file_values.get("app"),
         otlp_endpoint=file_values.get("otlp_endpoint") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
         prices=_parse_prices(file_values.get("prices", {})),
+        stream_usage=_parse_stream_usage(file_values.get("stream_usage", {})),
     )
 
 
@@ -215,3 +219,9 @@ def _rate(where: str, value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
         raise ConfigError(f"{where} must be a non-negative number (USD per million tokens), got {value!r}")
     return Decimal(str(value))
+
+
+def _parse_stream_usage(table: Any) -> dict[str, bool]:
+    if not isinstance(table, dict) or not all(isinstance(v, bool) for v in table.values()):
+        raise ConfigError("stream_usage must be a table of provider = true|false, e.g. openai = false")
+    return dict(table)

@@ -108,7 +108,7 @@ class LlmtapProxy:
         master.addons.add(
             MetadataHeaders(self.settings.default_app),
             self.recorder,
-            StreamUsage(),
+            StreamUsage(self.settings.stream_usage),
             UpstreamRewrite(self.settings.upstreams),
             _Ready(master, ready),
         )

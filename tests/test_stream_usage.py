@@ -13,6 +13,7 @@ import textwrap
 import httpx
 
 from collector.stream_usage import UsageChunkFilter
+from tests.conftest import running_proxy
 from tests.upstream import Received, Reply
 
 PIECES = ["Hel", "lo", " there", "!"]
@@ -143,3 +144,24 @@ def test_filter_handles_events_split_anywhere():
         filt = UsageChunkFilter(lambda chunk: chunk)
         out = b"".join(filt(stream[i : i + size]) for i in range(0, len(stream), size)) + filt(b"")
         assert out == want, size
+
+
+def test_injection_can_be_turned_off_per_provider(tmp_path, upstream):
+    config = tmp_path / "llmtap.toml"
+    config.write_text("[stream_usage]\nopenai = false\n")
+    upstream.routes["/v1/chat/completions"] = openai_like_stream
+    with running_proxy(tmp_path / "data", upstream, extra_args=["--config", str(config)]) as proxy:
+        post(proxy, "https://api.openai.com/v1/chat/completions", {"model": "m", "stream": True})
+    assert "stream_options" not in json.loads(upstream.received[0].body)
+
+
+def test_bad_stream_usage_config_is_a_clear_error(tmp_path):
+    config = tmp_path / "llmtap.toml"
+    config.write_text('[stream_usage]\nopenai = "yes"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "proxy", "--data-dir", str(tmp_path), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "stream_usage must be a table" in result.stderr
