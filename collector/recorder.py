@@ -25,6 +25,7 @@ from mitmproxy import http
 
 from collector import privacy
 from collector.decoding import Decoder, decoder_for
+from collector.eventstream import EventStreamReader
 from collector.failopen import fail_open, failures
 from collector.metadata import METADATA_KEY, CallMetadata
 from collector.pricing import PriceBook, cost_columns
@@ -63,12 +64,22 @@ class Capture:
     done: bool = False
 
 
+#: Stream framings llmtap reads, by content type: each reader turns bytes into
+#: ``(event, data)`` pairs for the provider's ``read_event``.
+STREAM_READERS: dict[str, type[SSEReader] | type[EventStreamReader]] = {
+    "text/event-stream": SSEReader,
+    "application/vnd.amazon.eventstream": EventStreamReader,
+}
+
+
 class StreamTee:
     """``flow.response.stream`` callable: passes every chunk through untouched, parses a copy."""
 
-    def __init__(self, capture: Capture, content_encoding: str, keep_body: bool) -> None:
+    def __init__(
+        self, capture: Capture, reader: SSEReader | EventStreamReader, content_encoding: str, keep_body: bool
+    ) -> None:
         self.capture = capture
-        self.reader = SSEReader()
+        self.reader = reader
         self.decoder: Decoder | None = decoder_for(content_encoding)
         if keep_body:
             capture.stream_body = bytearray()
@@ -153,14 +164,17 @@ class Recorder:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None or flow.response is None:
             return
-        content_type = flow.response.headers.get("content-type", "")
-        if not content_type.lower().startswith("text/event-stream"):
+        content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
+        reader = STREAM_READERS.get(content_type)
+        if reader is None:
             return
         try:
             tee = StreamTee(
                 capture,
+                reader(),
                 flow.response.headers.get("content-encoding", ""),
-                keep_body=self.capture_mode != "metadata",
+                # Binary framings are not kept as body text.
+                keep_body=self.capture_mode != "metadata" and reader is SSEReader,
             )
         except ValueError as exc:
             log.warning("stream of %s not parsed: %s", capture.host, exc)

@@ -84,18 +84,21 @@ class UsageChunkFilter:
         self.inner = inner
         self.pending = b""
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        """The cleaned whole events in ``chunk``. Never an empty ``bytes``: mitmproxy would
+        send it as an empty HTTP/1.1 chunk, which ends the response body."""
         data = self.pending + self.inner(chunk)
         if not chunk:  # end of stream: flush whatever is left
             self.pending = b""
-            return self._clean(data) if data else b""
+            return [piece] if (piece := self._clean(data)) else []
         out = []
         start = 0
         for match in _EVENT_END.finditer(data):
-            out.append(self._clean(data[start : match.end()]))
+            if piece := self._clean(data[start : match.end()]):
+                out.append(piece)
             start = match.end()
         self.pending = data[start:]
-        return b"".join(out)
+        return [b"".join(out)] if out else []
 
     @staticmethod
     def _clean(event: bytes) -> bytes:

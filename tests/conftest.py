@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,10 +19,12 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @contextmanager
-def running_proxy(data_dir: Path, upstream: FakeUpstream, **kw) -> Iterator[ProxyProcess]:
-    """A real llmtap proxy (subprocess) sending both OpenAI and Anthropic hosts to ``upstream``;
-    on exit it must stop cleanly (exit 0)."""
-    proc = ProxyProcess(data_dir, {h: upstream.url for h in LLM_HOSTS}, **kw).start()
+def running_proxy(
+    data_dir: Path, upstream: FakeUpstream, upstream_hosts: Iterable[str] = LLM_HOSTS, **kw
+) -> Iterator[ProxyProcess]:
+    """A real llmtap proxy (subprocess) sending ``upstream_hosts`` (default: the OpenAI and
+    Anthropic hosts) to ``upstream``; on exit it must stop cleanly (exit 0)."""
+    proc = ProxyProcess(data_dir, dict.fromkeys(upstream_hosts, upstream.url), **kw).start()
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         assert proc.stop() == 0, proc.log.read_text()

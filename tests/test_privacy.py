@@ -218,6 +218,7 @@ def _run(mode: str, base: Path) -> Run:
                     {
                         "model": "gpt-4o-mini",
                         "stream": True,
+                        "stream_options": {"include_usage": True},
                         "messages": [{"role": "user", "content": f"{tag} {PII_PROMPT}"}],
                     }
                 ).encode()

@@ -142,7 +142,9 @@ def test_filter_handles_events_split_anywhere():
     )
     for size in (1, 3, 17, len(stream)):
         filt = UsageChunkFilter(lambda chunk: chunk)
-        out = b"".join(filt(stream[i : i + size]) for i in range(0, len(stream), size)) + filt(b"")
+        pieces = [p for i in range(0, len(stream), size) for p in filt(stream[i : i + size])] + filt(b"")
+        assert all(pieces), "an empty piece would end a chunked response"
+        out = b"".join(pieces)
         assert out == want, size
 
 
@@ -165,3 +167,15 @@ def test_bad_stream_usage_config_is_a_clear_error(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2 and "stream_usage must be a table" in result.stderr
+
+
+def test_stream_bytes_equal_the_direct_stream(proxy, upstream):
+    """Byte for byte: what the client gets through llmtap (which added include_usage upstream)
+    is what it gets directly without it, up to and including the final [DONE]."""
+    upstream.routes["/v1/chat/completions"] = openai_like_stream
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    direct = httpx.post(f"{upstream.url}/v1/chat/completions", json=body).content
+    through = post(proxy, "https://api.openai.com/v1/chat/completions", body)
+    assert through == direct
+    assert through.endswith(b"data: [DONE]\n\n")
+    assert json.loads(upstream.received[-1].body)["stream_options"] == {"include_usage": True}

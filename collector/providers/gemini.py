@@ -144,7 +144,7 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
 
 
 def _media_features(contents: Any) -> list[str]:
-    """"images" and/or "audio" for inline or file parts with such a MIME type, at any depth."""
+    """Which of "images" and "audio" the inline or file parts need, by MIME type, at any depth."""
     found: set[str] = set()
     stack = [contents]
     while stack:
