@@ -19,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from mitmproxy import http
@@ -62,6 +63,8 @@ class Capture:
     stream_body: bytearray | None = None
     completed_at: float | None = None
     done: bool = False
+    #: Set when the call is finished, for addons that act on spend (budgets).
+    cost_usd: Decimal | None = None
 
 
 #: Stream framings llmtap reads, by content type: each reader turns bytes into
@@ -269,6 +272,7 @@ class Recorder:
                 when=datetime.fromtimestamp(capture.started, UTC),
             )
         )
+        capture.cost_usd = call["cost_usd"]
         span = self.spans.record(call, capture.traceparent)
         del call["_start_ns"], call["_end_ns"]
         call["span"] = span

@@ -46,7 +46,7 @@ class StreamUsage:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None or not self._applies(capture) or is_signed(flow.request.headers):
             return
-        body = json.loads(capture.request_body)
+        body = json.loads(flow.request.content or b"")  # as it stands: other addons may have changed it
         options = body.get("stream_options")
         if options is None:
             body["stream_options"] = options = {}
