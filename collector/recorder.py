@@ -17,10 +17,11 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from mitmproxy import http
 
@@ -67,9 +68,16 @@ class Capture:
     cost_usd: Decimal | None = None
 
 
-#: Stream framings llmtap reads, by content type: each reader turns bytes into
-#: ``(event, data)`` pairs for the provider's ``read_event``.
-STREAM_READERS: dict[str, type[SSEReader] | type[EventStreamReader]] = {
+class EventReader(Protocol):
+    """Turns a stream's bytes, chunk by chunk, into ``(event, data)`` pairs."""
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[str, str]]: ...
+
+    def close(self) -> Iterator[tuple[str, str]]: ...
+
+
+#: Stream framings llmtap reads, by content type.
+STREAM_READERS: dict[str, Callable[[], EventReader]] = {
     "text/event-stream": SSEReader,
     "application/vnd.amazon.eventstream": EventStreamReader,
 }
@@ -78,9 +86,7 @@ STREAM_READERS: dict[str, type[SSEReader] | type[EventStreamReader]] = {
 class StreamTee:
     """``flow.response.stream`` callable: passes every chunk through untouched, parses a copy."""
 
-    def __init__(
-        self, capture: Capture, reader: SSEReader | EventStreamReader, content_encoding: str, keep_body: bool
-    ) -> None:
+    def __init__(self, capture: Capture, reader: EventReader, content_encoding: str, keep_body: bool) -> None:
         self.capture = capture
         self.reader = reader
         self.decoder: Decoder | None = decoder_for(content_encoding)
