@@ -126,3 +126,22 @@ def test_truncated_stream(proxy, upstream, client):
 
 def test_no_row_for_get_listing(proxy):
     assert not [r for r in proxy.rows() if "case=listing" in r["path"]]
+
+
+def test_fifty_megabyte_body(proxy, upstream, client):
+    upstream.routes["/v1/chat/completions"] = echo_size
+    body = b'{"model": "gpt-4o", "input": "' + b"y" * (50 * 1024 * 1024) + b'"}'
+    resp = client.post(f"{OPENAI}/v1/chat/completions?case=50mb", content=body)
+    assert resp.json()["id"] == f"size-{len(body)}"
+    assert row(proxy, "50mb")["status_code"] == 200
+
+
+def test_upstream_that_stalls_past_the_client_timeout(proxy, upstream, client):
+    chunk = {"id": "slow", "model": "gpt-4o", "choices": [{"index": 0, "delta": {"content": "late"}}]}
+    upstream.routes["/v1/chat/completions"] = Reply.sse([chunk, chunk], delay=3.0)
+    body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(f"{OPENAI}/v1/chat/completions?case=stall", json=body, timeout=0.5)
+    found = row(proxy, "stall")
+    assert found["error"] and "disconnect" in found["error"].lower()
+    assert found["status_code"] == 200 and found["request_model"] == "gpt-4o"
