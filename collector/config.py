@@ -17,12 +17,22 @@ The config file is TOML::
     cache_read = 1.25           # optional; default: the input price
     cache_write = 3.125         # optional; default: the input price
     tiers = [{above = 200000, input = 5, output = 15}]   # optional; keys left out keep the base price
+
+    [budgets."checkout-daily"]  # spend limits enforced at the proxy (see BudgetSpec)
+    limit_usd = 5
+    period = "day"              # hour | day | month, UTC
+    action = "block"            # alert | downgrade | block
+    app = "checkout"            # optional filters: app, user, properties = {team = "search"}
+    per = "user"                # optional: a separate total per app | user | property:NAME
+    alerts = [0.8, 0.9, 0.95]   # fractions of the limit that raise an alert (the default)
+    webhook = "https://hooks.example/llmtap"   # optional: alerts are POSTed here as JSON
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -77,6 +87,38 @@ class Paths:
     def ca_bundle(self) -> Path:
         return self.data_dir / "ca-bundle.pem"
 
+    @property
+    def budget_alerts(self) -> Path:
+        """The budget alerts of the current periods, for the dashboard (JSON, replaced atomically)."""
+        return self.data_dir / "budget_alerts.json"
+
+
+BUDGET_PERIODS = ("hour", "day", "month")
+BUDGET_ACTIONS = ("alert", "downgrade", "block")
+DEFAULT_ALERTS = (0.8, 0.9, 0.95)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    """One ``[budgets."NAME"]`` table: a USD limit on the spend of some calls per UTC period.
+
+    The filters (``app``, ``user``, ``properties``) choose the calls it covers; ``per``
+    (None, "app", "user" or "property:NAME") gives each distinct value its own total of
+    ``limit_usd``. ``downgrade_to`` is one model for every call, or a table from the
+    requested model to its cheaper replacement."""
+
+    name: str
+    limit_usd: Decimal
+    period: str
+    action: str = "alert"
+    alerts: tuple[float, ...] = DEFAULT_ALERTS
+    app: str | None = None
+    user: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    per: str | None = None
+    downgrade_to: str | dict[str, str] | None = None
+    webhook: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -93,6 +135,8 @@ class Settings:
     #: Per provider: add ``stream_options.include_usage`` to streams that lack it (the
     #: provider module's default when absent).
     stream_usage: dict[str, bool] = field(default_factory=dict)
+    #: Spend limits from the config's ``[budgets."NAME"]`` tables, in file order.
+    budgets: tuple[BudgetSpec, ...] = ()
 
     @property
     def paths(self) -> Paths:
@@ -131,7 +175,17 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
-    known = {"capture", "app", "upstreams", "hosts", "otlp_endpoint", "data_dir", "prices", "stream_usage"}
+    known = {
+        "capture",
+        "app",
+        "upstreams",
+        "hosts",
+        "otlp_endpoint",
+        "data_dir",
+        "prices",
+        "stream_usage",
+        "budgets",
+    }
     if unknown := set(file_values) - known:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
 
@@ -159,6 +213,7 @@ def load_settings(
         otlp_endpoint=file_values.get("otlp_endpoint") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
         prices=_parse_prices(file_values.get("prices", {})),
         stream_usage=_parse_stream_usage(file_values.get("stream_usage", {})),
+        budgets=_parse_budgets(file_values.get("budgets", {})),
     )
 
 
@@ -225,3 +280,131 @@ def _parse_stream_usage(table: Any) -> dict[str, bool]:
     if not isinstance(table, dict) or not all(isinstance(v, bool) for v in table.values()):
         raise ConfigError("stream_usage must be a table of provider = true|false, e.g. openai = false")
     return dict(table)
+
+
+#: The characters of an HTTP header name (RFC 9110 token).
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BUDGET_KEYS = (
+    "limit_usd",
+    "period",
+    "action",
+    "alerts",
+    "app",
+    "user",
+    "properties",
+    "per",
+    "downgrade_to",
+    "webhook",
+)
+
+
+def _parse_budgets(table: Any) -> tuple[BudgetSpec, ...]:
+    """The ``[budgets."NAME"]`` tables, or a ConfigError naming the bad entry.
+
+    A budget that silently did nothing (a typo in a key, a limit of "5") would let spend
+    run past what the user set, so every key is checked."""
+    if not isinstance(table, dict):
+        raise ConfigError('budgets must be a table of [budgets."NAME"] tables')
+    return tuple(_parse_budget(name, entry) for name, entry in table.items())
+
+
+def _parse_budget(name: str, entry: Any) -> BudgetSpec:
+    where = f'budgets."{name}"'
+    if not isinstance(entry, dict):
+        raise ConfigError(f'{where} must be a table like {{limit_usd = 5, period = "day"}}')
+    _check_keys(where, entry, _BUDGET_KEYS)
+    limit = entry.get("limit_usd")
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit < math.inf:
+        raise ConfigError(f"{where}.limit_usd must be a positive number of US dollars, got {limit!r}")
+    period = _choice(f"{where}.period", entry.get("period"), BUDGET_PERIODS)
+    action = _choice(f"{where}.action", entry.get("action", "alert"), BUDGET_ACTIONS)
+    downgrade_to = _downgrade_to(where, entry.get("downgrade_to"), action)
+    return BudgetSpec(
+        name=name,
+        limit_usd=Decimal(str(limit)),
+        period=period,
+        action=action,
+        alerts=_alert_levels(where, entry.get("alerts", DEFAULT_ALERTS)),
+        app=_optional_text(f"{where}.app", entry.get("app")),
+        user=_optional_text(f"{where}.user", entry.get("user")),
+        properties=_property_filter(where, entry.get("properties", {})),
+        per=_per(where, entry.get("per")),
+        downgrade_to=downgrade_to,
+        webhook=_webhook(where, entry.get("webhook")),
+    )
+
+
+def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{where} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _optional_text(where: str, value: Any) -> str | None:
+    if value is not None and not (isinstance(value, str) and value):
+        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _alert_levels(where: str, value: Any) -> tuple[float, ...]:
+    at = f"{where}.alerts"
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{at} must be a list of fractions of the limit like [0.8, 0.9], got {value!r}")
+    for level in value:
+        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+            raise ConfigError(
+                f"{at}: each alert is a fraction of the limit between 0 and 1 (0.8 = 80%; reaching "
+                f"the limit always alerts), got {level!r}"
+            )
+    return tuple(sorted({float(level) for level in value}))
+
+
+def _property_filter(where: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise ConfigError(f'{where}.properties must be a table of NAME = "value", e.g. {{team = "search"}}')
+    for name in value:
+        _property_name(f"{where}.properties", name)
+    return {name.lower(): v for name, v in value.items()}
+
+
+def _per(where: str, value: Any) -> str | None:
+    if value is None or value in ("app", "user"):
+        return value
+    if isinstance(value, str) and value.startswith("property:") and value[len("property:") :]:
+        return "property:" + _property_name(f"{where}.per", value[len("property:") :]).lower()
+    raise ConfigError(f'{where}.per must be "app", "user" or "property:NAME", got {value!r}')
+
+
+def _property_name(where: str, name: str) -> str:
+    """Properties come from X-Llmtap-Property-NAME headers: a name a header cannot carry
+    would never match."""
+    if not _HEADER_TOKEN.fullmatch(name):
+        raise ConfigError(
+            f"{where}: {name!r} is not a property name (the NAME of an X-Llmtap-Property-NAME header)"
+        )
+    return name
+
+
+def _downgrade_to(where: str, value: Any, action: str) -> str | dict[str, str] | None:
+    at = f"{where}.downgrade_to"
+    if action != "downgrade":
+        if value is not None:
+            raise ConfigError(f'{at} applies only to action = "downgrade", not {action!r}')
+        return None
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and value and all(isinstance(v, str) and v for v in value.values()):
+        return dict(value)
+    raise ConfigError(
+        f'{at} is required with action = "downgrade": a cheaper model for every call, e.g. "gpt-4o-mini", '
+        f'or a table from model to cheaper model, e.g. {{"gpt-4o" = "gpt-4o-mini"}}; got {value!r}'
+    )
+
+
+def _webhook(where: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}.webhook must be an http:// or https:// URL, got {value!r}")
+    return value

@@ -19,6 +19,7 @@ from pathlib import Path
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
+from collector.budgets import Budgets
 from collector.certs import ensure_ca
 from collector.config import Settings
 from collector.metadata import MetadataHeaders
@@ -73,6 +74,7 @@ class LlmtapProxy:
         self.recorder = Recorder(
             self.registry, self.spool, self.spans, PriceBook(settings.prices), settings.capture
         )
+        self.budgets = Budgets(settings.budgets, paths.budget_alerts) if settings.budgets else None
         self.master: DumpMaster | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listening: Listening | None = None
@@ -105,9 +107,12 @@ class LlmtapProxy:
             if on_ready is not None:
                 on_ready(self.listening)
 
+        # Order matters: budgets need the recorder's capture, and must act before the request
+        # is prepared for upstream (a blocked call never leaves).
         master.addons.add(
             MetadataHeaders(self.settings.default_app),
             self.recorder,
+            *([self.budgets] if self.budgets is not None else []),
             StreamUsage(self.settings.stream_usage),
             UpstreamRewrite(self.settings.upstreams),
             _Ready(master, ready),
@@ -116,6 +121,9 @@ class LlmtapProxy:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, master.shutdown)
+        if self.budgets is not None:
+            self.ingester.run_once()  # calls a killed proxy left in the spool count towards budgets
+            self.budgets.resume(self.settings.paths.db)
         self.ingester.start()
         try:
             await master.run()

@@ -66,6 +66,8 @@ class Capture:
     done: bool = False
     #: Set when the call is finished, for addons that act on spend (budgets).
     cost_usd: Decimal | None = None
+    #: The client's model when an addon sent the call to another one (budget downgrades).
+    routed_from_model: str | None = None
 
 
 class EventReader(Protocol):
@@ -241,7 +243,7 @@ class Recorder:
             "stream": capture.streamed or capture.request.stream,
             "request_model": capture.request.model,
             "response_model": facts.model,
-            "routed_from_model": None,
+            "routed_from_model": capture.routed_from_model,
             "input_tokens": usage.input_tokens if usage else None,
             "output_tokens": usage.output_tokens if usage else None,
             "cache_read_tokens": usage.cache_read_tokens if usage else None,

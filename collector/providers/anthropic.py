@@ -54,6 +54,11 @@ def _features(body: dict[str, Any]) -> list[str]:
     return found
 
 
+def error_body(message: str) -> dict[str, Any]:
+    """Anthropic's 429 body, which the anthropic SDK raises as ``RateLimitError``."""
+    return {"type": "error", "error": {"type": "rate_limit_error", "message": message}}
+
+
 class AnthropicMessages:
     name = "anthropic"
     hosts = ("api.anthropic.com",)
@@ -104,6 +109,9 @@ class AnthropicMessages:
             facts.complete = True
         elif kind == "error":
             facts.error = error_message(data) or "stream error"
+
+    def limit_error(self, api: str, message: str) -> dict[str, Any]:
+        return error_body(message)
 
     @staticmethod
     def _read_message(message: dict[str, Any], facts: ResponseFacts) -> None:

@@ -104,6 +104,10 @@ class Provider(Protocol):
         Set ``facts.complete`` on the API's terminal event. (The ``data: [DONE]`` sentinel
         of OpenAI-style streams is recognised for every provider before this is called.)"""
 
+    def limit_error(self, api: str, message: str) -> dict[str, Any]:
+        """The JSON body of a 429 in this API's own error format, so that its SDKs raise
+        their usual rate-limit error when llmtap answers a call itself (a budget block)."""
+
 
 def as_int(value: Any) -> int | None:
     """An integer token count, or None when absent or not a number."""

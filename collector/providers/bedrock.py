@@ -128,6 +128,12 @@ def _error_text(body: dict[str, Any]) -> str | None:
     return message if isinstance(message, str) else None
 
 
+def error_body(message: str) -> dict[str, Any]:
+    """An AWS JSON-protocol throttling error; botocore takes the error code from ``__type``,
+    so boto3 raises ``ThrottlingException``."""
+    return {"__type": "ThrottlingException", "message": message}
+
+
 def _set_usage(raw: Any, facts: ResponseFacts) -> None:
     if isinstance(raw, dict):
         facts.usage_raw = raw
@@ -203,6 +209,9 @@ class Bedrock:
                 return
             if isinstance(payload, dict):
                 _read_invoke(payload, facts, stream=True)
+
+    def limit_error(self, api: str, message: str) -> dict[str, Any]:
+        return openai.error_body(message) if api == "chat" else error_body(message)
 
     @staticmethod
     def _read_converse(body: dict[str, Any], facts: ResponseFacts) -> None:

@@ -120,5 +120,9 @@ class Cohere:
         elif isinstance(message := data.get("message"), str):
             facts.error = message
 
+    def limit_error(self, api: str, message: str) -> dict[str, Any]:
+        """Cohere's error body; its SDK raises ``TooManyRequestsError`` for any 429."""
+        return {"message": message}
+
 
 PROVIDER = Cohere()

@@ -164,6 +164,11 @@ def _media_features(contents: Any) -> list[str]:
     return sorted(found, key=("images", "audio").index)
 
 
+def error_body(message: str) -> dict[str, Any]:
+    """Google's 429 body (Gemini and Vertex), which google-genai raises as a ClientError 429."""
+    return {"error": {"code": 429, "message": message, "status": "RESOURCE_EXHAUSTED"}}
+
+
 class Gemini:
     name = "gemini"
     hosts = ("generativelanguage.googleapis.com",)
@@ -198,6 +203,9 @@ class Gemini:
             openai.PROVIDER.read_event(api, event, data, facts)
         elif isinstance(data, dict):
             read_chunk(data, facts)
+
+    def limit_error(self, api: str, message: str) -> dict[str, Any]:
+        return openai.error_body(message) if api == "chat" else error_body(message)
 
 
 PROVIDER = Gemini()

@@ -155,6 +155,9 @@ class OpenAIFamily:
             self._read_object(data, facts)
             facts.output_chars += _generated_chars(data)
 
+    def limit_error(self, api: str, message: str) -> dict[str, Any]:
+        return error_body(message)
+
     def _read_responses_event(self, kind: str, data: dict[str, Any], facts: ResponseFacts) -> None:
         if kind in _TEXT_DELTA_EVENTS:
             if isinstance(delta := data.get("delta"), str):
@@ -191,6 +194,13 @@ class OpenAIFamily:
                 if isinstance(cost, int | float) and not isinstance(cost, bool):
                     facts.provider_cost_usd = float(cost)
                 break
+
+
+def error_body(message: str) -> dict[str, Any]:
+    """OpenAI's 429 body, which the openai SDK raises as ``RateLimitError``; the error format
+    of every OpenAI-compatible vendor too."""
+    error = {"message": message, "type": "rate_limit_exceeded", "param": None, "code": "budget_exceeded"}
+    return {"error": error}
 
 
 def _bare_path(path: str) -> str:

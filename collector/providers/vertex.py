@@ -103,5 +103,10 @@ class Vertex:
         elif isinstance(data, dict):
             gemini.read_chunk(data, facts)
 
+    def limit_error(self, api: str, message: str) -> dict[str, Any]:
+        if api == "messages":
+            return anthropic.error_body(message)
+        return openai.error_body(message) if api == "chat" else gemini.error_body(message)
+
 
 PROVIDER = Vertex()
