@@ -1,0 +1,67 @@
+"""llmtap's analyses as Polars: what the dashboard, ``llmtap report``, notebooks and the
+routing recommender stand on.
+
+    import analytics
+    calls = analytics.load("~/.llmtap", since="2026-11-01")     # a LazyFrame; nothing read yet
+    analytics.spend(calls, by=["app", "property:team", "week"])  # reads the store once
+
+:func:`load` gives the store's calls as a LazyFrame; every analysis is a plain function
+of that frame (plus parameters) returning a DataFrame, built from Polars expressions
+(no Python loop over calls). The store is open only while a result is collected, for
+DuckDB's scan of the columns the analysis needs (see :mod:`analytics.store`), so
+analyses run safely beside a recording proxy. Grouping (``by``) accepts the names in
+:data:`DIMENSIONS`, ``property:KEY`` and any column (see :mod:`analytics.dimensions`).
+
+* :func:`spend`, :func:`summary`: calls, tokens, cost (:mod:`analytics.metrics`)
+* :func:`latency`: latency and time-to-first-token percentiles, stream speed
+* :func:`errors`, :func:`truncations`: error kinds; answers cut off at the limit
+* :func:`cache_savings`, :func:`cache_rates`: prompt-cache use and what it saved
+* :func:`waste`, :func:`waste_flags`: duplicates, retried failures, truncated spend
+* :func:`burn`: spend so far in a period, run rate, forecast
+* :func:`anomalies`: hours or days far off the recent norm (robust z-score)
+* :mod:`analytics.synthetic`: realistic generated stores for tests, benchmarks and demos
+"""
+
+from analytics.anomalies import anomalies
+from analytics.budget import burn, period_bounds
+from analytics.cache import cache_rates, cache_savings
+from analytics.dimensions import (
+    DIMENSIONS,
+    ERROR_KINDS,
+    TIME_BUCKETS,
+    TRUNCATION_REASONS,
+    dimension,
+    error_kind,
+    status_class,
+    truncated,
+)
+from analytics.metrics import errors, latency, spend, summary, truncations, unpriced
+from analytics.store import SCHEMA, db_path, load
+from analytics.waste import waste, waste_flags
+
+__all__ = [
+    "DIMENSIONS",
+    "ERROR_KINDS",
+    "SCHEMA",
+    "TIME_BUCKETS",
+    "TRUNCATION_REASONS",
+    "anomalies",
+    "burn",
+    "cache_rates",
+    "cache_savings",
+    "db_path",
+    "dimension",
+    "error_kind",
+    "errors",
+    "latency",
+    "load",
+    "period_bounds",
+    "spend",
+    "status_class",
+    "summary",
+    "truncated",
+    "truncations",
+    "unpriced",
+    "waste",
+    "waste_flags",
+]

@@ -13,6 +13,9 @@ import sys
 import threading
 from pathlib import Path
 
+from app.report import FORMATS as REPORT_FORMATS
+from app.report import METRICS, PERIODS
+from app.report import VIEWS as REPORT_VIEWS
 from collector.certs import client_env, ensure_ca
 from collector.config import ConfigError, Settings, load_settings, resolve_data_dir
 from collector.export import FORMATS, export_calls, parse_instant
@@ -100,10 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="output file (default: stdout)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="terminal summary: calls, tokens, cost, latency, errors")
+    p = sub.add_parser(
+        "report",
+        help="terminal summary: calls, tokens, cost, latency, errors",
+        description="Summarise the recorded calls: one analysis (--show) grouped by any dimensions (--by).",
+        epilog="views: " + "; ".join(f"{name}: {view.help}" for name, view in REPORT_VIEWS.items()),
+    )
     _add_data_dir(p)
     p.add_argument("--since", metavar="ISO", help="only calls started at or after this time")
-    p.add_argument("--by", choices=["model", "provider", "app", "day"], default="model")
+    p.add_argument("--until", metavar="ISO", help="only calls started before this time")
+    p.add_argument(
+        "--by",
+        metavar="DIM[,DIM...]",
+        help="group by these, comma-separated: model, provider, api, app, user, session, status_class, "
+        "error_kind, hour, day, week, month, property:KEY (a metadata property) or an llm_calls column "
+        "(default: the view's own; model for summary)",
+    )
+    p.add_argument(
+        "--show", choices=list(REPORT_VIEWS), default="summary", help="the analysis (default: summary)"
+    )
+    p.add_argument("--format", choices=REPORT_FORMATS, default="table", help="default: table")
+    p.add_argument("--period", choices=PERIODS, help="burn: the budget period (default: day)")
+    p.add_argument("--limit", type=float, metavar="USD", help="burn: the period's budget, to compare against")
+    p.add_argument("--bucket", choices=PERIODS, help="anomalies: bucket size (default: hour)")
+    p.add_argument("--metric", choices=METRICS, help="anomalies: what to score (default: cost)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
@@ -242,12 +265,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from app.report import render, render_unpriced, summary, unpriced
+    from app.report import build, parse_by, title, write
 
     since = parse_instant(args.since) if args.since else None
-    print(render(summary(_db(args), args.by, since), args.by))
-    if lines := render_unpriced(unpriced(_db(args), since)):
-        print("\n" + lines)
+    until = parse_instant(args.until) if args.until else None
+    by = parse_by(args.by) if args.by is not None else None
+    options = {"period": args.period, "limit": args.limit, "bucket": args.bucket, "metric": args.metric}
+    report = build(_db(args), args.show, by, since, until, **options)
+    write(report, args.format, title(report, since, until))
     return 0
 
 

@@ -1,83 +1,204 @@
-"""``llmtap report``: a terminal summary of calls, tokens, cost, latency and errors."""
+"""``llmtap report``: the terminal face of :mod:`analytics`.
+
+Each view is one analysis function run on ``analytics.load(db, since, until)``; the
+report only chooses its parameters and renders the DataFrame it returns, as a rich
+table, JSON or CSV. The summary and spend views also list the models with usage but no
+price, so the user knows which costs are missing and how to add them.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
-from collector.store import read_connection
+if TYPE_CHECKING:
+    import polars as pl
+    from rich.table import Table
 
-GROUPS = {
-    "model": "coalesce(response_model, request_model, '(unknown)')",
-    "provider": "provider",
-    "app": "coalesce(app, '(none)')",
-    "day": "strftime(started_at AT TIME ZONE 'UTC', '%Y-%m-%d')",
+# Polars, rich and the analytics package load only when a report runs, so that the
+# other commands (``llmtap env`` inside a shell's eval, ``proxy``) start fast.
+
+FORMATS = ("table", "json", "csv")
+#: The time buckets of analytics.TIME_BUCKETS, for --period and --bucket.
+PERIODS = ("hour", "day", "week", "month")
+METRICS = ("cost", "calls", "error_rate")
+UNPRICED_NOTE = 'unpriced models (cost unknown; add [prices."MODEL"] to the config, then `llmtap reprice`):'
+
+
+@dataclass(frozen=True)
+class View:
+    """One ``--show`` choice: which analysis, grouped by what unless ``--by`` says."""
+
+    #: The analytics function that computes it.
+    function: str
+    by: tuple[str, ...]
+    help: str
+    #: Which report options the function takes (report option name -> keyword argument).
+    options: dict[str, str] = field(default_factory=dict)
+    lists_unpriced: bool = False
+
+
+VIEWS: dict[str, View] = {
+    "summary": View(
+        "summary", ("model",), "calls, tokens, cost, p50/p95 latency, errors", lists_unpriced=True
+    ),
+    "spend": View("spend", ("model",), "calls, every token kind and cost", lists_unpriced=True),
+    "latency": View("latency", ("provider", "model"), "latency and TTFT percentiles, stream speed"),
+    "errors": View("errors", ("provider", "model"), "errors by kind"),
+    "truncations": View("truncations", ("model",), "answers cut off at the output limit"),
+    "cache": View("cache_savings", ("model",), "prompt-cache reads and the money they saved"),
+    "waste": View("waste", ("app",), "duplicate requests, retried failures, truncated answers"),
+    "burn": View(
+        "burn", (), "spend so far this period, run rate, forecast", {"period": "period", "limit": "limit_usd"}
+    ),
+    "anomalies": View(
+        "anomalies", (), "hours or days far off the recent norm", {"bucket": "bucket", "metric": "metric"}
+    ),
 }
-HEADERS = ("calls", "input tok", "output tok", "cost $", "p50 ms", "p95 ms", "errors")
+
+_HEADERS = {"run_rate_usd_per_hour": "run rate $/h"}
+_TIME_FORMATS = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d", "week": "%Y-%m-%d", "month": "%Y-%m"}
 
 
-def summary(db_path: Path, by: str, since: datetime | None) -> list[tuple]:
-    key = GROUPS[by]
-    where, params = ("WHERE started_at >= ?", [since]) if since else ("", [])
-    query = f"""
-        SELECT {key} AS key, count(*), sum(input_tokens), sum(output_tokens), sum(cost_usd),
-               quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95),
-               count(*) FILTER (WHERE error IS NOT NULL)
-        FROM llm_calls {where} GROUP BY key ORDER BY 2 DESC, 1
-    """
-    with read_connection(db_path) as con:
-        return con.execute(query, params).fetchall()
+@dataclass(frozen=True)
+class Report:
+    """A computed view, ready to print in any format."""
+
+    view: str
+    by: list[str]
+    table: pl.DataFrame
+    unpriced: pl.DataFrame | None
 
 
-def unpriced(db_path: Path, since: datetime | None) -> list[tuple[str, str, int]]:
-    """(model, provider, calls) with usage but no price: what to add to ``[prices]``."""
-    where = "AND started_at >= ?" if since else ""
-    query = f"""
-        SELECT coalesce(response_model, request_model, '(unknown)') AS model, provider, count(*) AS calls
-        FROM llm_calls
-        WHERE cost_usd IS NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) {where}
-        GROUP BY ALL ORDER BY calls DESC, model, provider
-    """
-    with read_connection(db_path) as con:
-        return con.execute(query, [since] if since else []).fetchall()
+def build(
+    db: Path,
+    view: str = "summary",
+    by: list[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    **options: Any,
+) -> Report:
+    """Run ``view`` over the calls started in [since, until). ``options`` are the view's
+    own (period and limit for burn, bucket and metric for anomalies); None means default.
+    Burn measures the period containing ``until`` when it is set."""
+    import analytics
+
+    spec = VIEWS[view]
+    groups = list(spec.by) if by is None else by
+    calls = analytics.load(db, since, until)
+    kwargs = {
+        spec.options[name]: value
+        for name, value in options.items()
+        if name in spec.options and value is not None
+    }
+    if view == "burn" and until is not None:
+        kwargs["now"] = until
+    table = getattr(analytics, spec.function)(calls, by=groups, **kwargs)
+    unpriced = analytics.unpriced(calls) if spec.lists_unpriced else None
+    return Report(view, groups, table, unpriced)
 
 
-def render_unpriced(rows: list[tuple[str, str, int]]) -> str:
-    """The unpriced models as an indented table under a note saying how to price them; "" if none."""
-    if not rows:
-        return ""
-    table = _table([("model", "provider", "calls"), *((m, p, f"{n:,}") for m, p, n in rows)])
-    return (
-        'unpriced models (cost unknown; add [prices."MODEL"] to the config, then `llmtap reprice`):\n'
-        + "\n".join("  " + line for line in table.splitlines())
+def title(report: Report, since: datetime | None, until: datetime | None) -> str:
+    """The line above the table, saying what was computed over which window."""
+    window = f"{since.isoformat() if since else 'start'} to {until.isoformat() if until else 'now'}"
+    grouping = f" by {', '.join(report.by)}" if report.by else ""
+    return f"llmtap {report.view}{grouping}, {window} (UTC)"
+
+
+def write(report: Report, fmt: str, heading: str, out: TextIO | None = None) -> None:
+    """Print the report as ``fmt`` to ``out`` (default stdout): a rich table (plus the
+    unpriced models), one JSON document, or CSV of the main table (the unpriced models
+    then go to stderr)."""
+    out = out or sys.stdout
+    if fmt == "json":
+        document = {"view": report.view, "by": report.by, "title": heading, "rows": _records(report.table)}
+        if report.unpriced is not None:
+            document["unpriced"] = _records(report.unpriced)
+        out.write(json.dumps(document, indent=2) + "\n")
+        return
+    if fmt == "csv":
+        out.write(report.table.write_csv(datetime_format="%Y-%m-%dT%H:%M:%SZ"))
+        if report.unpriced is not None and report.unpriced.height:
+            models = ", ".join(report.unpriced["model"])
+            print(f"llmtap: models with usage but no price (cost left out): {models}", file=sys.stderr)
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(file=out, width=None if out.isatty() else 10_000, highlight=False, markup=False)
+    console.print(Text(heading, style="bold"), soft_wrap=True)
+    if report.table.is_empty():
+        console.print("no calls recorded in this window" if report.view != "anomalies" else "no anomalies")
+    else:
+        console.print(render(report.table))
+    if report.unpriced is not None and report.unpriced.height:
+        console.print("\n" + UNPRICED_NOTE, soft_wrap=True)
+        console.print(render(report.unpriced))
+
+
+def render(frame: pl.DataFrame) -> Table:
+    """A DataFrame as a rich table: text left, numbers right, money to 4 decimals,
+    shares as percentages, time buckets as dates, missing values as ``-``."""
+    import polars as pl
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for name, dtype in frame.schema.items():
+        text = dtype == pl.String or dtype.is_temporal()
+        table.add_column(_header(name), justify="left" if text else "right")
+    for row in frame.iter_rows(named=True):
+        table.add_row(*(_cell(name, value) for name, value in row.items()))
+    return table
+
+
+def _header(name: str) -> str:
+    """A column's heading: ``latency_p95_ms`` -> ``p95 ms``, ``cost_usd`` -> ``cost $``."""
+    if name in _HEADERS:
+        return _HEADERS[name]
+    label = name.removeprefix("latency_").replace("output_tokens_per_s", "tok/s").replace("_tokens", " tok")
+    return label.removesuffix("_usd").replace("_", " ") + (" $" if label.endswith("_usd") else "")
+
+
+def _cell(name: str, value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.strftime(_TIME_FORMATS.get(name, "%Y-%m-%d %H:%M"))
+    if isinstance(value, Decimal | float) and "_usd" in name:
+        return f"{value:,.4f}"
+    if isinstance(value, float) and (name.endswith(("_share", "_rate")) or name == "error_rate"):
+        return f"{value:.1%}"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows for JSON: money as numbers (floats), times as ISO 8601, infinities as null."""
+    import polars as pl
+    import polars.selectors as cs
+
+    plain = frame.with_columns(cs.decimal().cast(pl.Float64)).with_columns(
+        cs.float().replace([float("inf"), float("-inf")], None)
     )
+    return json.loads(plain.write_json())
 
 
-def render(rows: list[tuple], by: str) -> str:
-    def fmt(value: object, col: int) -> str:
-        if value is None:
-            return "-"
-        if col == 4:
-            return f"{value:,.4f}"
-        if isinstance(value, float):
-            return f"{value:,.1f}"
-        if isinstance(value, int):
-            return f"{value:,}"
-        return str(value)
+def parse_by(value: str) -> list[str]:
+    """``--by`` as a list: comma-separated dimension names, each checked."""
+    from analytics import dimension
 
-    if not rows:
-        return "no calls recorded in this window"
-    return _table([(by, *HEADERS)] + [tuple(fmt(v, i) for i, v in enumerate(r)) for r in rows])
-
-
-def _table(table: list[tuple[str, ...]]) -> str:
-    """Rows of text as aligned columns (first left, rest right) under a rule."""
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in table
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    for name in names:
+        dimension(name)
+    return names
