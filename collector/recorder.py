@@ -163,7 +163,7 @@ class Recorder:
             started=req.timestamp_start,
             metadata=flow.metadata.get(METADATA_KEY) or CallMetadata(),
             traceparent=req.headers.get("traceparent"),
-            secrets=privacy.secret_values(req.headers.items(), req.path),
+            secrets=privacy.secret_values(req.headers.items(multi=True), req.path),
         )
         capture.request_body = req.content or b""
         body = _json_or_none(capture.request_body)

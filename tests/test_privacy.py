@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from collector import privacy
+from tests.conftest import running_proxy
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream, Reply
 
@@ -474,3 +475,16 @@ def test_stored_body_by_mode():
     assert full == '{"q": "mail jane@example.com with [REDACTED]"}'
     redacted = privacy.stored_body(raw, "redacted", ["tok-secret-123"])
     assert redacted == '{"q": "mail [REDACTED] with [REDACTED]"}'
+
+
+def test_repeated_secret_headers_are_all_cut(tmp_path):
+    """A header sent twice (two Cookie lines): the second value, echoed in the body, is not stored."""
+    second = "second-secret-" + secrets.token_hex(8)
+    with FakeUpstream() as upstream, running_proxy(tmp_path / "data", upstream) as proxy:
+        upstream.routes["/v1/chat/completions"] = Reply.json({"id": "r", "model": "m", "echo": second})
+        ctx = ssl.create_default_context(cafile=str(proxy.data_dir / "ca-bundle.pem"))
+        with httpx.Client(proxy=proxy.url, verify=ctx) as client:
+            headers = [("cookie", "a=first-secret-123456"), ("cookie", f"b={second}")]
+            client.post("https://api.openai.com/v1/chat/completions", json={"model": "m"}, headers=headers)
+        (row,) = proxy.rows("SELECT response_body FROM call_bodies", wait_for=1)
+    assert second not in row["response_body"] and "[REDACTED]" in row["response_body"]

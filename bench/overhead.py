@@ -1,0 +1,393 @@
+"""What llmtap adds to a call, over bare mitmproxy doing the same proxying.
+
+    uv run python bench/overhead.py [--markdown] [--duration S] [--rounds N]
+    uv run --with py-spy python bench/overhead.py --profile 15   # plus where llmtap's time goes
+
+One small OpenAI chat completion (JSON with usage, not streamed) is sent over keep-alive
+connections to a fast local upstream (bench/_common.py), measured three ways:
+
+* ``direct``: to the upstream itself (plain TCP, or TLS for the HTTPS rows): the load
+  client's own ceiling on this machine;
+* ``bare mitmproxy``: mitmproxy 12 with llmtap's master, options (allow_hosts, lazy
+  connection strategy, CA dir) and ``--upstream`` rewrite, but none of its recording addons;
+* ``llmtap``: the real ``llmtap proxy`` (recording, pricing, spans, spool and DuckDB
+  ingester, capture=full) with ``--upstream api.openai.com=http://127.0.0.1:PORT``.
+
+Two client styles: ``reverse`` (plain HTTP to the proxy as if it were the API:
+``POST /v1/chat/completions``, ``Host: api.openai.com``) and ``https`` (``CONNECT
+api.openai.com:443`` then TLS trusting llmtap's CA bundle, as an ``HTTPS_PROXY`` client).
+The client runs in its own process. Bare and llmtap are measured in alternating rounds in
+the same run; latencies of all rounds are pooled. ``proxy CPU`` is the proxy process's CPU
+time (all threads, from /proc) per request handled, warm-up included.
+
+Targets: llmtap adds at most 0.3 ms to p50 over bare mitmproxy and keeps >= 90% of its
+requests per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from _common import (
+    Bench,
+    ca_bundle,
+    check_quiet,
+    log,
+    machine_line,
+    percentile,
+    run_load,
+    start_load,
+    stored_rows,
+    table,
+)
+
+TARGET_P50_MS = 0.3
+TARGET_THROUGHPUT = 0.90
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(how: str, port: int, conns: int, args, bundle: Path, lat_file: Path, pid: int | None) -> dict:
+    before = cpu_seconds(pid) if pid else 0.0
+    result = run_load(how, port, conns, args.duration, args.warmup, ca=bundle, lat_out=lat_file)
+    result["cpu_s"] = (cpu_seconds(pid) - before) if pid else None
+    result["lat"] = [float(x) / 1000 for x in lat_file.read_text().split()]  # ms
+    return result
+
+
+def pooled(runs: list[dict], duration: float) -> dict:
+    lat = sorted(x for r in runs for x in r["lat"])
+    total = sum(r["total"] for r in runs)
+    cpu = [r["cpu_s"] for r in runs if r["cpu_s"] is not None]
+    return {
+        "p50": percentile(lat, 50),
+        "p99": percentile(lat, 99),
+        "rps": len(lat) / (duration * len(runs)),
+        "cpu_us": (sum(cpu) / total * 1e6) if cpu and total else None,
+        "errors": sum(r["errors"] for r in runs),
+        "n": len(lat),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--markdown", action="store_true", help="print Markdown")
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per run (default 4)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per run (default 1)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per proxy and case (default 2)")
+    parser.add_argument("--conns", default="1,8", help="concurrent connections (default 1,8)")
+    parser.add_argument("--modes", default="reverse,https", help="client styles (default reverse,https)")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        metavar="S",
+        default=0,
+        help="then profile both proxies with py-spy for S seconds under https load (needs py-spy)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, profiles)")
+    args = parser.parse_args()
+    conns_list = [int(c) for c in args.conns.split(",")]
+    modes = args.modes.split(",")
+    if args.profile and not shutil.which("py-spy"):
+        parser.error("--profile needs py-spy: uv run --with py-spy python bench/overhead.py --profile 15")
+
+    rows = []
+    verdicts = []
+    started = time.monotonic()
+    quiet = check_quiet()
+    through_llmtap = 0
+    with Bench(keep=args.keep) as bench:
+        data = bench.tmp / "data"
+        bundle = ca_bundle(data)
+        upstream = bench.upstream(tls_for=data / "ca")
+        up_url = f"http://127.0.0.1:{upstream.port}"
+        llmtap = bench.llmtap(data, up_url)
+        bare = bench.bare(data / "ca", up_url)
+        proxies = {"bare mitmproxy": bare, "llmtap": llmtap}
+        log("warming up both proxies")
+        for proxy in proxies.values():
+            for how in modes:
+                warm = run_load(how, proxy.port, 2, 0.5, 0.5, ca=bundle)
+                through_llmtap += warm["total"] if proxy is llmtap else 0
+        lat_file = bench.tmp / "lat.txt"
+        for how in modes:
+            direct_how, direct_port = ("direct", upstream.port)
+            if how == "https":
+                direct_how, direct_port = ("direct-tls", upstream.extra["tls_port"])
+            for conns in conns_list:
+                log(f"{how}, {conns} connection(s)")
+                runs: dict[str, list[dict]] = collections.defaultdict(list)
+                runs["direct"].append(measure(direct_how, direct_port, conns, args, bundle, lat_file, None))
+                for r in range(args.rounds):
+                    order = list(proxies) if r % 2 == 0 else list(reversed(proxies))
+                    for name in order:
+                        proc = proxies[name]
+                        run = measure(how, proc.port, conns, args, bundle, lat_file, proc.pid)
+                        runs[name].append(run)
+                        through_llmtap += run["total"] if proc is llmtap else 0
+                stats = {name: pooled(rs, args.duration) for name, rs in runs.items()}
+                base, ours = stats["bare mitmproxy"], stats["llmtap"]
+                added = ours["p50"] - base["p50"]
+                ratio = ours["rps"] / base["rps"]
+                ok = added <= TARGET_P50_MS and ratio >= TARGET_THROUGHPUT
+                verdicts.append((how, conns, added, ratio, ok))
+                for name, s in stats.items():
+                    vs = ""
+                    if name == "llmtap":
+                        per_round = [
+                            o["count"] / b["count"]
+                            for o, b in zip(runs["llmtap"], runs["bare mitmproxy"], strict=True)
+                            if b["count"]
+                        ]
+                        spread = (
+                            f" (rounds {min(per_round):.0%}-{max(per_round):.0%})"
+                            if len(per_round) > 1
+                            else ""
+                        )
+                        vs = f"{added:+.2f} ms p50, {ratio:.0%} req/s{spread}"
+                    rows.append(
+                        (
+                            how if how != "https" else "https (CONNECT+TLS)",
+                            conns,
+                            ("direct to upstream" + (" (TLS)" if how == "https" else ""))
+                            if name == "direct"
+                            else name,
+                            f"{s['p50']:.2f}",
+                            f"{s['p99']:.2f}",
+                            f"{s['rps']:.0f}",
+                            f"{s['cpu_us']:.0f}" if s["cpu_us"] is not None else "-",
+                            s["errors"],
+                            vs,
+                        )
+                    )
+        stored = stored_rows(data / "llmtap.duckdb", through_llmtap)
+        elapsed = time.monotonic() - started
+        profile_text = profile(bench, args, llmtap, bare, bundle) if args.profile else ""
+
+    header = (
+        "client",
+        "conns",
+        "path",
+        "p50 ms",
+        "p99 ms",
+        "req/s",
+        "proxy CPU us/req",
+        "errors",
+        "llmtap vs bare",
+    )
+    out = []
+    out.append(f"{'Machine' if args.markdown else 'machine'}: {machine_line()}; {quiet}")
+    out.append("")
+    out.append(table(header, rows, args.markdown))
+    out.append("")
+    for how, conns, added, ratio, ok in verdicts:
+        mark = "met" if ok else "NOT met"
+        out.append(
+            f"{'- ' if args.markdown else ''}{how}, {conns} conn: llmtap adds {added:+.2f} ms p50 "
+            f"(target <= {TARGET_P50_MS}) and keeps {ratio:.0%} of bare req/s "
+            f"(target >= {TARGET_THROUGHPUT:.0%}): {mark}"
+        )
+    out.append("")
+    out.append(
+        f"llmtap recorded {stored:,} rows for the {through_llmtap:,} calls sent through it "
+        f"(warm-ups included): {'all recorded' if stored == through_llmtap else 'MISMATCH'}."
+    )
+    out.append(
+        f"{args.rounds} rounds x {args.duration:g} s measured per proxy and case "
+        f"(+{args.warmup:g} s warm-up each); {elapsed:.0f} s in all."
+    )
+    if profile_text:
+        out += ["", profile_text]
+    print("\n".join(out))
+
+
+# -- profile ------------------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(.*) \((.*):\d+\)$")
+
+
+def profile(bench: Bench, args, llmtap, bare, bundle: Path) -> str:
+    """py-spy both proxies under the same https, 8-connection load; summarise where time goes."""
+    summaries = {}
+    for name, proc in (("llmtap", llmtap), ("bare mitmproxy", bare)):
+        out = bench.tmp / f"profile-{proc.name}.txt"
+        log(f"profiling {name} for {args.profile:g} s")
+        cmd = ["py-spy", "record", "-p", str(proc.pid), "-d", f"{args.profile:g}", "-r", "100"]
+        cmd += ["-f", "raw", "--threads", "-o", str(out)]
+        spy = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+        load = start_load("https", proc.port, 8, args.profile, 0.0, ca=bundle)
+        spy.wait(args.profile + 60)
+        load.wait(args.profile + 60)
+        summaries[name] = summarize_profile(out)
+    text = render_profile(summaries, args.markdown)
+    try:
+        hooks = hook_timings(bench.tmp)
+    except Exception as exc:  # internals it leans on may have changed
+        return text + f"\n(in-process hook timings unavailable: {exc!r})"
+    total = sum(us for name, us in hooks if not name.startswith(("UpstreamRewrite", "_Ready")))
+    rows = [(name, f"{us:.1f}") for name, us in hooks if us >= 0.05]
+    rows.append(("total, without UpstreamRewrite (bare mitmproxy has it too)", f"{total:.1f}"))
+    return (
+        text
+        + "\nIn-process time of each llmtap hook for the same request and response "
+        + "(no sockets, no mitmproxy dispatch):\n\n"
+        + table(("addon.hook", "us per call"), rows, args.markdown)
+    )
+
+
+def hook_timings(tmp: Path, n: int = 3000) -> list[tuple[str, float]]:
+    """Microseconds per call of each hook of the addons ``llmtap proxy`` installs, run in this
+    process on the benchmark's request and response (no sockets, no mitmproxy dispatch)."""
+    import asyncio
+
+    from _common import _JSON_BODY, CHAT_BODY, CHAT_PATH, HOST, SDK_HEADERS
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    import collector.proxy as cp
+    from collector.config import load_settings
+
+    addons: list = []
+
+    class FakeAddons:
+        def add(self, *more) -> None:
+            addons.extend(more)
+
+    class FakeMaster:  # stands in for DumpMaster so that serve() only builds its addons
+        def __init__(self, opts, **_kw) -> None:
+            opts.add_option("connection_strategy", str, "eager", "")
+            self.addons = FakeAddons()
+
+        async def run(self) -> None:
+            return None
+
+        def shutdown(self) -> None:
+            pass
+
+    settings = load_settings(data_dir=str(tmp / "hooks"), upstream_flags=[f"{HOST}=http://127.0.0.1:9"])
+    proxy = cp.LlmtapProxy(settings)
+    real, cp.DumpMaster = cp.DumpMaster, FakeMaster
+    try:
+        asyncio.run(proxy.serve())
+    finally:
+        cp.DumpMaster = real
+    headers = [tuple(x.encode() for x in line.split(": ", 1)) for line in SDK_HEADERS.split("\r\n") if line]
+    response_headers = [(b"content-type", b"application/json"), (b"x-request-id", b"req_1")]
+
+    def new_flow() -> http.HTTPFlow:
+        flow = tflow.tflow()
+        flow.request = http.Request.make("POST", f"https://{HOST}{CHAT_PATH}", CHAT_BODY, headers)
+        flow.request.timestamp_start = time.time()
+        flow.response = None
+        return flow
+
+    timings: dict[str, float] = collections.defaultdict(float)
+    for i in range(n + 200):  # the first 200 warm caches up and are not counted
+        flow = new_flow()
+        for hook in ("requestheaders", "request", "responseheaders", "response"):
+            if hook == "responseheaders":
+                flow.response = http.Response.make(200, _JSON_BODY % b"%d" % i, response_headers)
+                flow.response.timestamp_start = flow.response.timestamp_end = time.time()
+            for addon in addons:
+                method = getattr(addon, hook, None)
+                if method is None:
+                    continue
+                t0 = time.perf_counter()
+                method(flow)
+                if i >= 200:
+                    timings[f"{type(addon).__name__}.{hook}"] += time.perf_counter() - t0
+    proxy.close(5)
+    rows = [(name, total / n * 1e6) for name, total in timings.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def summarize_profile(path: Path) -> dict:
+    threads: collections.Counter[str] = collections.Counter()
+    outer: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaf_in_llmtap: collections.Counter[str] = collections.Counter()
+    main = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = stack.split(";")
+        thread = frames[0].split(": ", 1)[-1]
+        threads[thread] += n
+        if thread != "MainThread":
+            continue
+        main += n
+        parsed = [m.groups() for f in frames[1:] if (m := _FRAME.match(f))]
+        first = next((i for i, (_, file) in enumerate(parsed) if file.startswith("collector/")), None)
+        if first is None:
+            continue
+        fn, file = parsed[first]
+        outer[f"{fn} ({file})"] += n
+        seen = set()
+        for fn, file in parsed[first:]:
+            key = f"{fn} ({file})"
+            if file.startswith("collector/") and key not in seen:
+                seen.add(key)
+                inclusive[key] += n
+        # deepest frame: the actual cost, inside llmtap code or a library it calls
+        leaf_fn, leaf_file = parsed[-1]
+        leaf_in_llmtap[f"{leaf_fn} ({leaf_file})"] += n
+    return {
+        "threads": threads,
+        "main": main,
+        "outer": outer,
+        "inclusive": inclusive,
+        "leaf": leaf_in_llmtap,
+    }
+
+
+def render_profile(summaries: dict, markdown: bool) -> str:
+    lines = []
+    for name, s in summaries.items():
+        total = sum(s["threads"].values())
+        main = s["main"] or 1
+        in_llmtap = sum(s["outer"].values())
+        lines.append(
+            f"{'### ' if markdown else ''}py-spy, {name}: {total} samples; "
+            + ", ".join(f"{t} {n / total:.0%}" for t, n in s["threads"].most_common())
+        )
+        lines.append("")
+        if name != "llmtap":
+            continue
+        lines.append(
+            f"Event loop (MainThread): {in_llmtap / main:.1%} of its samples inside collector/ "
+            f"(llmtap's addons), {1 - in_llmtap / main:.1%} in mitmproxy/asyncio/TLS."
+        )
+        lines.append("")
+        rows = [
+            (f"{n / main:.1%}", k + (" (also in bare)" if "collector/upstream.py" in k else ""))
+            for k, n in s["inclusive"].most_common(21)
+            if "collector/failopen.py" not in k
+        ]
+        lines.append(table(("share of event loop", "llmtap function (inclusive)"), rows, markdown))
+        lines.append("")
+        rows = [(f"{n / main:.1%}", k) for k, n in s["leaf"].most_common(15)]
+        lines.append(table(("share of event loop", "deepest frame under llmtap code (self)"), rows, markdown))
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
