@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import running_proxy
+from tests.corpus import CORPUS
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream, Reply
 
-CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 ROOT = Path(__file__).parent.parent
 
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}

@@ -11,8 +11,9 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
+from tests.corpus import CORPUS
 from tests.proxyproc import ProxyProcess
-from tests.test_corpus_replay import CORPUS, case_url, recorded_reply
+from tests.test_corpus_replay import case_url, recorded_reply
 from tests.upstream import FakeUpstream, Received
 
 

@@ -18,12 +18,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx
 import pytest
 
+from tests.corpus import CORPUS, TOKENS, normalised
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream, Received, Reply
 
-CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 CASES = sorted(CORPUS.glob("*/*.json"))
-TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 #: endpoint_kind (without provider and ".stream") -> the contract's api name
 APIS = {
     "chat": "chat",
@@ -41,17 +40,6 @@ HOP_HEADERS = {"content-length", "transfer-encoding", "content-encoding", "conne
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def normalised(case: dict) -> dict[str, int | None]:
-    """The recording's `expected` usage (provider semantics) under llmtap's convention."""
-    exp = {k: case["expected"][k] for k in TOKENS}
-    provider = case["provider"]
-    if provider in ("anthropic", "bedrock") and exp["input_tokens"] is not None:
-        exp["input_tokens"] += (exp["cache_read_tokens"] or 0) + (exp["cache_write_tokens"] or 0)
-    if provider in ("gemini", "vertex") and (exp["output_tokens"], exp["reasoning_tokens"]) != (None, None):
-        exp["output_tokens"] = (exp["output_tokens"] or 0) + (exp["reasoning_tokens"] or 0)
-    return exp
 
 
 def sse_events(body: str) -> list[bytes]:
@@ -135,7 +123,7 @@ def test_row_matches_recording(replayed, path):
     assert row["stream"] is exp["stream"]
     assert row["request_model"] == exp["request_model"]
     assert row["response_model"] == exp["model"]
-    want = normalised(case)
+    want = normalised(case["provider"], exp)
     got = {k: row[k] for k in TOKENS}
     if row["usage_source"] == "provider":
         assert got == want

@@ -16,8 +16,8 @@ import pytest
 from collector.eventstream import EventStreamReader
 from collector.providers import ProviderRegistry, ResponseFacts
 from collector.sse import SSEReader
+from tests.corpus import CORPUS, TOKENS, normalised
 
-CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 PROVIDERS = ("gemini", "vertex", "bedrock", "cohere")
 FILES = sorted(f for p in PROVIDERS for f in (CORPUS / p).glob("*.json"))
 APIS = {
@@ -30,13 +30,6 @@ APIS = {
     "cohere.chat": "chat",
     "cohere.chat.stream": "chat",
 }
-TOKEN_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
 REGISTRY = ProviderRegistry()
 
 
@@ -80,16 +73,6 @@ def _replay(case: dict[str, Any], chunk_size: int = 7) -> ResponseFacts:
     return facts
 
 
-def _normalised(provider: str, expected: dict[str, Any]) -> dict[str, int | None]:
-    """The corpus keeps each provider's raw semantics; this is the contract's convention."""
-    want = {key: expected[key] for key in TOKEN_FIELDS}
-    if provider == "bedrock" and want["input_tokens"] is not None:
-        want["input_tokens"] += (want["cache_read_tokens"] or 0) + (want["cache_write_tokens"] or 0)
-    if provider in ("gemini", "vertex") and not (want["output_tokens"] is None is want["reasoning_tokens"]):
-        want["output_tokens"] = (want["output_tokens"] or 0) + (want["reasoning_tokens"] or 0)
-    return want
-
-
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_corpus_file(path: Path):
     case = json.loads(path.read_text())
@@ -104,8 +87,8 @@ def test_corpus_file(path: Path):
     facts = _replay(case)
     assert facts.model == expected["model"]
     usage = facts.usage
-    got = {key: getattr(usage, key) if usage else None for key in TOKEN_FIELDS}
-    assert got == _normalised(case["provider"], expected)
+    got = {key: getattr(usage, key) if usage else None for key in TOKENS}
+    assert got == normalised(case["provider"], expected)
     if expected["provider_usage_raw"] is not None:
         assert facts.usage_raw == expected["provider_usage_raw"]
     if expected["status"] >= 400:

@@ -18,8 +18,8 @@ from collector.providers import ProviderRegistry, ResponseFacts
 from collector.providers.base import RequestFacts
 from collector.providers.openai import OpenAIFamily
 from collector.sse import SSEReader
+from tests.corpus import CORPUS, TOKENS
 
-CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 PROVIDERS = (
     "openai",
     "azure_openai",
@@ -33,13 +33,6 @@ PROVIDERS = (
     "zai",
 )
 FILES = sorted(p for name in PROVIDERS for p in (CORPUS / name).glob("*.json"))
-TOKEN_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
 REGISTRY = ProviderRegistry()
 
 
@@ -103,8 +96,8 @@ def test_corpus_interaction(path: Path):
     assert request.stream is expected["stream"]
     assert facts.model == expected["model"]
     usage = facts.usage
-    got = {f: getattr(usage, f) if usage is not None else None for f in TOKEN_FIELDS}
-    assert got == {f: expected[f] for f in TOKEN_FIELDS}
+    got = {f: getattr(usage, f) if usage is not None else None for f in TOKENS}
+    assert got == {f: expected[f] for f in TOKENS}
     if expected["provider_usage_raw"] is not None:
         assert facts.usage_raw == expected["provider_usage_raw"]
     if expected["status"] >= 400:
