@@ -47,7 +47,7 @@ from mitmproxy import http
 from collector.config import BudgetSpec
 from collector.failopen import fail_open
 from collector.metadata import CallMetadata
-from collector.recorder import CAPTURE_KEY, Capture
+from collector.recorder import CAPTURE_KEY, Capture, json_or_none
 from collector.store import read_connection
 from collector.stream_usage import is_signed
 
@@ -411,8 +411,8 @@ def rewrite_model(request: http.Request, capture: Capture, target: str) -> str |
         return "the request is signed over its body (AWS SigV4)"
     path, sep, query = request.path.partition("?")
     found = _PATH_MODEL.search(path)
-    body = _json_object(request.content)
-    if body is not None and isinstance(body.get("model"), str):
+    body = json_or_none(request.content)
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
         body["model"] = target
         request.content = json.dumps(body, separators=(",", ":")).encode()
     elif found is not None and unquote(found.group(1)) == capture.request.model:
@@ -423,14 +423,6 @@ def rewrite_model(request: http.Request, capture: Capture, target: str) -> str |
     capture.routed_from_model = capture.request.model
     capture.request.model = target
     return None
-
-
-def _json_object(raw: bytes | None) -> dict[str, Any] | None:
-    try:
-        body = json.loads(raw or b"")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 class Budgets:

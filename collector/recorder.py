@@ -166,7 +166,7 @@ class Recorder:
             secrets=privacy.secret_values(req.headers.items(multi=True), req.path),
         )
         capture.request_body = req.content or b""
-        body = _json_or_none(capture.request_body)
+        body = json_or_none(capture.request_body)
         capture.request = endpoint.provider.read_request(endpoint.api, req.path, body)
         flow.metadata[CAPTURE_KEY] = capture
 
@@ -200,7 +200,7 @@ class Recorder:
         if capture is None or capture.done or flow.response is None:
             return
         if not capture.streamed:
-            body = _json_or_none(_content(flow.response))
+            body = json_or_none(_content(flow.response))
             capture.endpoint.provider.read_response(capture.endpoint.api, body, capture.response)
             if capture.response.error is None and flow.response.status_code >= 400:
                 capture.response.error = f"http {flow.response.status_code}"
@@ -336,7 +336,8 @@ def _content(message: http.Message | None) -> bytes:
         return message.raw_content or b""
 
 
-def _json_or_none(raw: bytes | None) -> Any:
+def json_or_none(raw: bytes | None) -> Any:
+    """A body decoded as JSON, or None when it is not JSON (bad input is never an error)."""
     if not raw or raw[:1] not in (b"{", b"[", b" ", b"\n", b"\r", b"\t"):
         return None
     try:
