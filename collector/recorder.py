@@ -68,6 +68,18 @@ class Capture:
     cost_usd: Decimal | None = None
     #: The client's model when an addon sent the call to another one (budget downgrades).
     routed_from_model: str | None = None
+    #: Known from the start so that other calls (shadow copies, retries) can refer to it.
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: Set by the routing addon: the rule that acted on this call and the arm it fell in
+    #: (``canary``, ``control``, ``enforce``, ``shadow``, ``retry``).
+    routing_rule: str | None = None
+    routing_arm: str | None = None
+    #: A shadow copy: the call_id of the live call it copies; a retry: the failed call's.
+    shadow_of: str | None = None
+    retry_of: str | None = None
+    #: A shadow copy's output compared with its original's: the method, and whether they agree.
+    comparison: str | None = None
+    agreement: bool | None = None
 
 
 class EventReader(Protocol):
@@ -229,7 +241,7 @@ class Recorder:
         if first_byte is None and flow.response is not None:
             first_byte = flow.response.timestamp_start
         call: dict[str, Any] = {
-            "call_id": uuid.uuid4().hex,
+            "call_id": capture.call_id,
             "started_at": _iso(capture.started),
             "ended_at": _iso(ended),
             "provider": capture.endpoint.provider.name,
@@ -266,6 +278,12 @@ class Recorder:
             "provider_cost_usd": facts.provider_cost_usd,
             "request_features": capture.request.features,
             "max_output_tokens": capture.request.max_output_tokens,
+            "routing_rule": capture.routing_rule,
+            "routing_arm": capture.routing_arm,
+            "shadow_of": capture.shadow_of,
+            "retry_of": capture.retry_of,
+            "comparison": capture.comparison,
+            "agreement": capture.agreement,
             "_start_ns": int(capture.started * 1e9),
             "_end_ns": int(ended * 1e9),
         }

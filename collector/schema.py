@@ -47,6 +47,13 @@ LLM_CALLS: dict[str, str] = {
     "provider_cost_usd": "DECIMAL(18,9)",
     "request_features": "VARCHAR[]",
     "max_output_tokens": "BIGINT",
+    # Routing (the recommender's rules applied by the proxy; see collector/routing.py).
+    "routing_rule": "VARCHAR",
+    "routing_arm": "VARCHAR",
+    "shadow_of": "VARCHAR",
+    "retry_of": "VARCHAR",
+    "comparison": "VARCHAR",
+    "agreement": "BOOLEAN",
 }
 
 CALL_BODIES: dict[str, str] = {
