@@ -19,6 +19,9 @@ analyses run safely beside a recording proxy. Grouping (``by``) accepts the name
 * :func:`waste`, :func:`waste_flags`: duplicates, retried failures, truncated spend
 * :func:`burn`: spend so far in a period, run rate, forecast
 * :func:`anomalies`: hours or days far off the recent norm (robust z-score)
+* :func:`shadow_spend`: what shadow evaluation of candidate models cost (kept out of spend)
+* :func:`recommend`, :func:`recommendations_frame`, :func:`draft_rules`,
+  :func:`realised_savings`: the routing recommender (:mod:`analytics.routing`)
 * :mod:`analytics.synthetic`: realistic generated stores for tests, benchmarks and demos
 """
 
@@ -35,7 +38,15 @@ from analytics.dimensions import (
     status_class,
     truncated,
 )
-from analytics.metrics import errors, latency, spend, summary, truncations, unpriced
+from analytics.metrics import errors, latency, shadow_spend, spend, summary, truncations, unpriced
+from analytics.routing import (
+    Recommendation,
+    draft_rules,
+    realised_savings,
+    recommend,
+    recommendations_frame,
+    wilson_interval,
+)
 from analytics.store import SCHEMA, db_path, load
 from analytics.waste import waste, waste_flags
 
@@ -45,17 +56,23 @@ __all__ = [
     "SCHEMA",
     "TIME_BUCKETS",
     "TRUNCATION_REASONS",
+    "Recommendation",
     "anomalies",
     "burn",
     "cache_rates",
     "cache_savings",
     "db_path",
     "dimension",
+    "draft_rules",
     "error_kind",
     "errors",
     "latency",
     "load",
     "period_bounds",
+    "realised_savings",
+    "recommend",
+    "recommendations_frame",
+    "shadow_spend",
     "spend",
     "status_class",
     "summary",
@@ -64,4 +81,5 @@ __all__ = [
     "unpriced",
     "waste",
     "waste_flags",
+    "wilson_interval",
 ]

@@ -7,6 +7,11 @@ figure means the same in every table: ``calls`` counts every call, ``errors`` th
 with ``error`` set, and latency percentiles are over calls without error (a 429 or a
 client hang-up is fast for reasons that say nothing about the model's speed).
 
+Shadow copies (the routing recommender's evidence: ``routing_arm`` ``shadow``,
+``noise_floor`` or ``judge``) are spend on evaluation, not on serving the app:
+:func:`spend` and :func:`summary` leave them out unless ``include_shadow``, and
+:func:`shadow_spend` reports them apart.
+
 Sums of money stay exact decimals (``Decimal(38, 9)``, equal to DuckDB's ``sum``) and
 are null, not 0, when no call in the group has a price. Percentiles interpolate
 linearly between ranks, as DuckDB's ``quantile_cont``.
@@ -94,14 +99,40 @@ def order(frame: pl.LazyFrame, by: str | Sequence[str], rank_by: str | None) -> 
     return frame.sort(columns, descending=descending, nulls_last=True)
 
 
-def spend(calls: pl.LazyFrame, by: str | Sequence[str] = DEFAULT_BY) -> pl.DataFrame:
+#: routing_arm of the calls the proxy makes to evaluate models, not for the app: copies to
+#: a candidate, copies to the incumbent itself (the noise floor) and LLM-judge calls.
+SHADOW_ARMS = ("shadow", "noise_floor", "judge")
+
+
+def is_shadow() -> pl.Expr:
+    """A call the proxy made to evaluate a model (see SHADOW_ARMS), not for the app."""
+    return pl.col("routing_arm").is_in(SHADOW_ARMS).fill_null(False) | pl.col("shadow_of").is_not_null()
+
+
+def spend(
+    calls: pl.LazyFrame, by: str | Sequence[str] = DEFAULT_BY, *, include_shadow: bool = False
+) -> pl.DataFrame:
     """Calls, tokens (input, output, cache read and write, reasoning) and cost per group,
-    most expensive first (time buckets in time order)."""
+    most expensive first (time buckets in time order); production only unless ``include_shadow``."""
+    calls = calls if include_shadow else calls.filter(~is_shadow())
     return aggregate(calls, by, spend_aggregates(), "cost_usd").collect()
 
 
-def summary(calls: pl.LazyFrame, by: str | Sequence[str] = DEFAULT_BY) -> pl.DataFrame:
-    """The report's overview: calls, input and output tokens, cost, p50 and p95 latency, errors."""
+SHADOW_BY = ("app", "routing_rule", "model")
+
+
+def shadow_spend(calls: pl.LazyFrame, by: str | Sequence[str] = SHADOW_BY) -> pl.DataFrame:
+    """What shadow evaluation cost: :func:`spend` of the shadow copies alone (by default
+    per app, rule and candidate model)."""
+    return aggregate(calls.filter(is_shadow()), by, spend_aggregates(), "cost_usd").collect()
+
+
+def summary(
+    calls: pl.LazyFrame, by: str | Sequence[str] = DEFAULT_BY, *, include_shadow: bool = False
+) -> pl.DataFrame:
+    """The report's overview: calls, input and output tokens, cost, p50 and p95 latency, errors;
+    production only unless ``include_shadow``."""
+    calls = calls if include_shadow else calls.filter(~is_shadow())
     aggregates = [
         count().alias("calls"),
         pl.col("input_tokens").sum(),

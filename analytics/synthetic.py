@@ -264,3 +264,84 @@ def write_store(db: Path, calls: pl.DataFrame, bodies: pl.DataFrame) -> None:
             "INSERT INTO call_bodies (call_id, capture_mode, request_body) SELECT * FROM bodies_arrow"
         )
         con.execute("CHECKPOINT")
+
+
+#: Routing in generated stores: incumbent -> (candidate, the rule's id, how often the
+#: candidate's answer agrees with the incumbent's). gpt-4o's candidate holds up; sonnet's does not.
+ROUTING = {
+    "gpt-4o": ("gpt-4o-mini", "gpt-4o-to-gpt-4o-mini", 0.99),
+    "claude-sonnet-4-5": ("claude-haiku-4-5", "sonnet-to-haiku", 0.85),
+}
+
+
+def with_routing(calls: pl.DataFrame, shadow_share: float = 0.3, canary_share: float = 0.5) -> pl.DataFrame:
+    """``calls`` (from :func:`generate`) as the routing recommender and its rules leave them.
+
+    Successful calls of each :data:`ROUTING` incumbent are shadowed at ``shadow_share``
+    (a ``shadow`` row per copy: ``shadow_of`` the original, the candidate's model, an
+    exact-match ``agreement`` at the pair's rate, costs at the candidate's rates; one copy
+    in ten re-asks the incumbent, to measure the noise floor). From the second half of
+    the period on, ``canary_share`` of those calls' sessions are on a canary of the
+    rule (rewritten to the candidate, ``routed_from_model`` set), the rest its control.
+    """
+    rates = {m[1]: m[5] for m in MODELS if m[5]}
+    pairs = pl.DataFrame(
+        {
+            "request_model": list(ROUTING),
+            "candidate": [c for c, _, _ in ROUTING.values()],
+            "rule": [r for _, r, _ in ROUTING.values()],
+            "agree_rate": [a for _, _, a in ROUTING.values()],
+            "ratio": [rates[c][0] / rates[m][0] for m, (c, _, _) in ROUTING.items()],
+        }
+    )
+    frame = (
+        calls.with_row_index("i")
+        .with_columns(pl.col("i").cast(pl.UInt64))
+        .join(pairs, on="request_model", how="left")
+    )
+    money = pl.Decimal(18, 9)
+    scaled = {c: (pl.col(c).cast(pl.Float64) * pl.col("ratio")).round(9).cast(money) for c in _COSTS}
+    routed = pl.col("candidate").is_not_null()
+    late = pl.col("started_at") >= pl.col("started_at").min() + (
+        (pl.col("started_at").max() - pl.col("started_at").min()) / 2
+    )
+    canary = routed & late & ((pl.col("session_id").hash(41) % 1000) < canary_share * 1000)
+    production = frame.with_columns(
+        routing_rule=pl.when(routed & late).then(pl.col("rule")),
+        routing_arm=pl.when(canary).then(pl.lit("canary")).when(routed & late).then(pl.lit("control")),
+        routed_from_model=pl.when(canary).then(pl.col("request_model")),
+        request_model=pl.when(canary).then(pl.col("candidate")).otherwise(pl.col("request_model")),
+        response_model=pl.when(canary & pl.col("response_model").is_not_null())
+        .then(pl.col("candidate"))
+        .otherwise(pl.col("response_model")),
+        **{c: pl.when(canary).then(e).otherwise(pl.col(c)) for c, e in scaled.items()},
+    )
+    noise = _uniform(42) < 0.1
+    shadows = frame.filter(routed & pl.col("error").is_null() & (_uniform(43) < shadow_share)).with_columns(
+        call_id=pl.format("shadow-{}", pl.col("call_id")),
+        shadow_of=pl.col("call_id"),
+        started_at=pl.col("ended_at"),
+        ended_at=pl.col("ended_at") + (pl.col("ended_at") - pl.col("started_at")) * 0.7,
+        latency_ms=pl.col("latency_ms") * 0.7,
+        user_id=pl.lit(None, pl.String),
+        session_id=pl.lit(None, pl.String),
+        routing_rule=pl.col("rule"),
+        routing_arm=pl.when(noise).then(pl.lit("noise_floor")).otherwise(pl.lit("shadow")),
+        request_model=pl.when(noise).then(pl.col("request_model")).otherwise(pl.col("candidate")),
+        response_model=pl.when(noise).then(pl.col("request_model")).otherwise(pl.col("candidate")),
+        comparison=pl.lit("exact"),
+        agreement=_uniform(44) < pl.when(noise).then(0.995).otherwise(pl.col("agree_rate")),
+        **{c: pl.when(noise).then(pl.col(c)).otherwise(e) for c, e in scaled.items()},
+    )
+    return pl.concat([production, shadows], how="diagonal").select(
+        *calls.columns,
+        "routing_rule",
+        "routing_arm",
+        "routed_from_model",
+        "shadow_of",
+        "comparison",
+        "agreement",
+    )
+
+
+_COSTS = ("cost_usd", "input_cost_usd", "output_cost_usd")

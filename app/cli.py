@@ -61,6 +61,11 @@ def _add_proxy_options(p: argparse.ArgumentParser, default_port: int | None) -> 
         "query (repeatable), e.g. api.openai.com=http://127.0.0.1:9000",
     )
     p.add_argument("--config", metavar="FILE", help="TOML config file (see README)")
+    p.add_argument(
+        "--rules",
+        metavar="FILE",
+        help="routing rules file (YAML; default: DATA_DIR/rules.yaml); reloaded when it changes",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
 
 
@@ -140,6 +145,96 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML config file with [prices] overrides (see README)")
     p.add_argument("--since", metavar="ISO", help="only calls started at or after this time")
     p.set_defaults(func=cmd_reprice)
+
+    p = sub.add_parser(
+        "recommend",
+        help="cheaper models, prompt caching and batch APIs per route, with the evidence",
+        description="Recommend, per route (app + provider + model), what the recorded traffic proves "
+        "safe: a cheaper model whose shadow answers agreed with the incumbent's (Wilson lower bound "
+        "at least [recommend] min_agreement over at least min_samples), provider prompt caching, or "
+        "a batch API. Each record has its costs per 1k requests, projected monthly savings "
+        "(low/mid/high), latency change and risks. --write-rules drafts routing rules for review.",
+    )
+    _add_data_dir(p)
+    p.add_argument("--config", metavar="FILE", help="TOML config file ([recommend], [prices]; see README)")
+    p.add_argument("--since", metavar="ISO", help="only calls started at or after this time")
+    p.add_argument("--until", metavar="ISO", help="only calls started before this time")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="default: table")
+    p.add_argument(
+        "--write-rules",
+        action="store_true",
+        help="draft rules into the rules file, merged by rule id with the rules already there",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("shadow", "canary", "enforce"),
+        default="shadow",
+        help="drafted rules' mode: shadow (for swaps needing evidence), canary or enforce (for "
+        "recommended swaps); default: shadow",
+    )
+    p.add_argument("--rules", metavar="FILE", help="rules file to write (default: DATA_DIR/rules.yaml)")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="shadow-evaluate stored calls offline: resend them with a rule's model and compare",
+        description="Shadow mode, offline: every stored call (capture mode full or redacted) that a "
+        "shadow rule matches and that has no copy to the rule's model yet is sent again with the "
+        "rule's model to the same provider (through --upstream and the config's upstreams), its "
+        "answer compared with the stored one, and recorded as the proxy records shadow copies "
+        "(routing_arm shadow, shadow_of, comparison, agreement, cost), for `llmtap recommend`. "
+        "Stored requests carry no key: each provider's key is read from the environment "
+        "(OPENAI_API_KEY, ANTHROPIC_API_KEY, OPENROUTER_API_KEY, GEMINI_API_KEY, MISTRAL_API_KEY, "
+        "GROQ_API_KEY, ...); calls of a provider without one are skipped. Each rule's "
+        "shadow_spend_cap_usd per UTC day holds, counting what the proxy's copies spent today.",
+    )
+    _add_data_dir(p)
+    p.add_argument("--config", metavar="FILE", help="TOML config file ([routing], [prices], upstreams)")
+    p.add_argument("--rules", metavar="FILE", help="rules file (default: DATA_DIR/rules.yaml)")
+    p.add_argument("--rule", metavar="ID", help="evaluate this one rule, whatever its mode")
+    p.add_argument("--since", metavar="ISO", help="only calls started at or after this time")
+    p.add_argument("--until", metavar="ISO", help="only calls started before this time")
+    p.add_argument("--limit", type=int, metavar="N", help="copy at most N stored calls")
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="HOST=URL",
+        help="send copies meant for HOST to URL instead (repeatable), as the proxy's --upstream",
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "ui",
+        help="start the dashboard (Streamlit) on the recorded calls",
+        description="Serve the dashboard (overview, costs, latency, calls, budgets, recommendations) "
+        "on the store, headless; open the printed URL in a browser. It stays live while a proxy "
+        "records: new calls appear within seconds.",
+    )
+    _add_data_dir(p)
+    p.add_argument("--config", metavar="FILE", help="TOML config file, for its budgets (see README)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8501, help="port to listen on (default: %(default)s)")
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser(
+        "demo",
+        help="record made-up traffic through a real proxy and open the dashboard on it (no API key)",
+        description="Start a local fake OpenAI/Anthropic server and an llmtap proxy, send a few "
+        "minutes' worth of calls from four made-up apps through it with the official openai and "
+        "anthropic SDKs (streams, cache hits, errors, budgets that block and downgrade), then "
+        "start the dashboard on that data. Uses ~/.llmtap-demo (emptied first) unless --data-dir.",
+    )
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="a new directory for the demo's store (default: ~/.llmtap-demo)"
+    )
+    p.add_argument("--calls", type=int, default=400, help="how many calls to make (default: %(default)s)")
+    p.add_argument(
+        "--concurrency", type=int, default=40, help="calls in flight at once (default: %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=8501, help="dashboard port (default: %(default)s)")
+    p.add_argument("--no-ui", action="store_true", help="only record; do not start the dashboard")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -151,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         format="llmtap: %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("mitmproxy", "asyncio"):
+    for noisy in ("mitmproxy", "asyncio", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args) or 0
@@ -167,6 +262,7 @@ def _settings(args: argparse.Namespace, port: int | None) -> Settings:
         listen_host=args.host,
         listen_port=port,
         upstream_flags=args.upstream,
+        rules_file=args.rules,
     )
 
 
@@ -290,6 +386,67 @@ def cmd_reprice(args: argparse.Namespace) -> int:
         f"{result.unpriced} with usage but no price (listed by `llmtap report`)"
     )
     return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from analytics.routing import draft_rules, recommend
+    from app.recommend import write, write_rules
+    from collector.pricing import PriceBook
+    from collector.rules import RULES_FILE
+
+    settings = load_settings(data_dir=args.data_dir, config_file=args.config, rules_file=args.rules)
+    since = parse_instant(args.since) if args.since else None
+    until = parse_instant(args.until) if args.until else None
+    print(f"llmtap: analysing the calls in {settings.paths.db} ...", file=sys.stderr)
+    recs = recommend(settings.data_dir, since, until, settings.recommend, book=PriceBook(settings.prices))
+    window = f"{since.isoformat() if since else 'start'} to {until.isoformat() if until else 'now'}"
+    write(recs, args.format, f"llmtap recommend, {window} (UTC)")
+    if args.write_rules:
+        path = settings.routing.rules or settings.data_dir / RULES_FILE
+        drafted, total = write_rules(Path(path), draft_rules(recs, args.mode))
+        print(
+            f"llmtap: drafted {drafted} {args.mode} rules into {path} ({total} rules in all); review them",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from app.evaluate import evaluate
+
+    settings = load_settings(
+        data_dir=args.data_dir, config_file=args.config, upstream_flags=args.upstream, rules_file=args.rules
+    )
+    since = parse_instant(args.since) if args.since else None
+    until = parse_instant(args.until) if args.until else None
+    return evaluate(settings, args.rule, since, until, args.limit)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from app.ui.launch import serve
+
+    settings = load_settings(data_dir=args.data_dir, config_file=args.config)  # a bad config stops here
+    try:
+        return serve(settings.data_dir, Path(args.config) if args.config else None, args.host, args.port)
+    except OSError as exc:
+        print(f"llmtap: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    try:
+        return run_demo(
+            Path(args.data_dir) if args.data_dir else None,
+            args.calls,
+            args.concurrency,
+            args.port,
+            not args.no_ui,
+        )
+    except OSError as exc:
+        print(f"llmtap: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ whose every chat completion carries a unique id, with an ``HTTPS_PROXY``-style c
 
 1. **Sustained load** for ``--duration`` seconds (default 100): every response id the client
    fully received must be in the store exactly once, and nothing else (rows = responses).
-   The proxy's resident memory (VmRSS from /proc) is sampled every second; the growth rate
-   over the run's second half (median RSS of its last fifth against the middle fifth) is
-   extended linearly to 100,000 calls (the number of calls actually made is stated).
+   The proxy's resident memory (VmRSS from /proc, its spool loader child process included)
+   is sampled every second; the growth rate over the run's second half (median RSS of its
+   last fifth against the middle fifth) is extended linearly to 100,000 calls (the number
+   of calls actually made is stated).
 2. **100 MB stream, capture=full**: one streamed chat completion of ~100 MB (1,600 SSE
    events of 64 KiB) through the same proxy; RSS before, peak while streaming, and after.
    ``full`` keeps at most 8 MiB of a body, which the stored row must show.

@@ -18,7 +18,7 @@ Two client styles: ``reverse`` (plain HTTP to the proxy as if it were the API:
 api.openai.com:443`` then TLS trusting llmtap's CA bundle, as an ``HTTPS_PROXY`` client).
 The client runs in its own process. Bare and llmtap are measured in alternating rounds in
 the same run; latencies of all rounds are pooled. ``proxy CPU`` is the proxy process's CPU
-time (all threads, from /proc) per request handled, warm-up included.
+time (all threads and child processes, from /proc) per request handled, warm-up included.
 
 Targets: llmtap adds at most 0.3 ms to p50 over bare mitmproxy and keeps >= 90% of its
 requests per second.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from _common import (
     Bench,
     ca_bundle,
     check_quiet,
+    child_pids,
     log,
     machine_line,
     percentile,
@@ -53,9 +55,14 @@ TARGET_THROUGHPUT = 0.90
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of every thread of ``pid`` and of its live child processes (llmtap's spool
+    loader runs in one)."""
+    ticks = 0
+    for proc in (str(pid), *child_pids(pid)):
+        with contextlib.suppress(FileNotFoundError):  # a child may exit meanwhile
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measure(how: str, port: int, conns: int, args, bundle: Path, lat_file: Path, pid: int | None) -> dict:
@@ -257,6 +264,7 @@ def hook_timings(tmp: Path, n: int = 3000) -> list[tuple[str, float]]:
     """Microseconds per call of each hook of the addons ``llmtap proxy`` installs, run in this
     process on the benchmark's request and response (no sockets, no mitmproxy dispatch)."""
     import asyncio
+    import inspect
 
     from _common import _JSON_BODY, CHAT_BODY, CHAT_PATH, HOST, SDK_HEADERS
     from mitmproxy import http
@@ -300,6 +308,7 @@ def hook_timings(tmp: Path, n: int = 3000) -> list[tuple[str, float]]:
         return flow
 
     timings: dict[str, float] = collections.defaultdict(float)
+    loop = asyncio.new_event_loop()
     for i in range(n + 200):  # the first 200 warm caches up and are not counted
         flow = new_flow()
         for hook in ("requestheaders", "request", "responseheaders", "response"):
@@ -311,9 +320,12 @@ def hook_timings(tmp: Path, n: int = 3000) -> list[tuple[str, float]]:
                 if method is None:
                     continue
                 t0 = time.perf_counter()
-                method(flow)
+                result = method(flow)
+                if inspect.isawaitable(result):  # an async hook (routing's): run it to its end
+                    loop.run_until_complete(result)
                 if i >= 200:
                     timings[f"{type(addon).__name__}.{hook}"] += time.perf_counter() - t0
+    loop.close()
     proxy.close(5)
     rows = [(name, total / n * 1e6) for name, total in timings.items()]
     return sorted(rows, key=lambda r: -r[1])

@@ -26,6 +26,18 @@ The config file is TOML::
     per = "user"                # optional: a separate total per app | user | property:NAME
     alerts = [0.8, 0.9, 0.95]   # fractions of the limit that raise an alert (the default)
     webhook = "https://hooks.example/llmtap"   # optional: alerts are POSTed here as JSON
+
+    [recommend]                 # the routing recommender (`llmtap recommend`, see RecommendSettings)
+    confidence = 0.95           # of the Wilson interval on agreement
+    min_agreement = 0.95        # its lower bound must reach this to recommend a swap
+    min_samples = 30            # and at least this many shadow samples
+    candidates = ["gpt-4o-mini"]   # or per incumbent: {"gpt-4o" = ["gpt-4o-mini"]}; default: the catalogue
+    exclude = ["gpt-3.5-turbo"]    # never proposed
+
+    [routing]                   # how the proxy and `llmtap evaluate` apply the rules (collector/rules.py)
+    rules = "rules.yaml"        # default: DATA_DIR/rules.yaml; --rules FILE wins
+    judge_model = "gpt-4.1-mini"  # compares free-text shadow answers; unset: they are not compared
+    noise_floor_fraction = 0.02 # share of shadowed calls also copied to their own model
 """
 
 from __future__ import annotations
@@ -121,6 +133,33 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RecommendSettings:
+    """The ``[recommend]`` table: how much shadow evidence a model swap needs, and which
+    models may be proposed.
+
+    ``candidates`` maps an incumbent model to the models to consider for it; the key
+    ``"*"`` (a plain list in the file) applies to every incumbent. Empty: every cheaper
+    model of the catalogue (analytics/routing/models.toml) behind the same provider."""
+
+    confidence: float = 0.95
+    min_agreement: float = 0.95
+    min_samples: int = 30
+    candidates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSpec:
+    """The ``[routing]`` table: where the rules file is (None: DATA_DIR/rules.yaml), the model
+    that judges free-text shadow answers, and the share of shadowed calls also copied to
+    their own model to measure the incumbent's disagreement with itself."""
+
+    rules: Path | None = None
+    judge_model: str | None = None
+    noise_floor_fraction: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     listen_host: str = "127.0.0.1"
@@ -137,6 +176,8 @@ class Settings:
     stream_usage: dict[str, bool] = field(default_factory=dict)
     #: Spend limits from the config's ``[budgets."NAME"]`` tables, in file order.
     budgets: tuple[BudgetSpec, ...] = ()
+    recommend: RecommendSettings = field(default_factory=RecommendSettings)
+    routing: RoutingSpec = field(default_factory=RoutingSpec)
 
     @property
     def paths(self) -> Paths:
@@ -163,6 +204,7 @@ def load_settings(
     listen_host: str | None = None,
     listen_port: int | None = None,
     upstream_flags: list[str] | None = None,
+    rules_file: str | None = None,
 ) -> Settings:
     """Merge defaults, the config file and command-line flags (flags win)."""
     file_values: dict = {}
@@ -185,6 +227,8 @@ def load_settings(
         "prices",
         "stream_usage",
         "budgets",
+        "recommend",
+        "routing",
     }
     if unknown := set(file_values) - known:
         raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
@@ -214,6 +258,23 @@ def load_settings(
         prices=_parse_prices(file_values.get("prices", {})),
         stream_usage=_parse_stream_usage(file_values.get("stream_usage", {})),
         budgets=_parse_budgets(file_values.get("budgets", {})),
+        recommend=parse_recommend(file_values.get("recommend", {})),
+        routing=_parse_routing(file_values.get("routing", {}), rules_file),
+    )
+
+
+def _parse_routing(table: Any, rules_flag: str | None) -> RoutingSpec:
+    if not isinstance(table, dict):
+        raise ConfigError('routing must be a table like {rules = "rules.yaml", judge_model = "gpt-4.1-mini"}')
+    _check_keys("routing", table, ("rules", "judge_model", "noise_floor_fraction"))
+    rules = rules_flag or _optional_text("routing.rules", table.get("rules"))
+    fraction = table.get("noise_floor_fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+        raise ConfigError(f"routing.noise_floor_fraction must be a number from 0 to 1, got {fraction!r}")
+    return RoutingSpec(
+        rules=Path(rules).expanduser() if rules else None,
+        judge_model=_optional_text("routing.judge_model", table.get("judge_model")),
+        noise_floor_fraction=float(fraction),
     )
 
 
@@ -408,3 +469,44 @@ def _webhook(where: str, value: Any) -> str | None:
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}.webhook must be an http:// or https:// URL, got {value!r}")
     return value
+
+
+_RECOMMEND_KEYS = ("confidence", "min_agreement", "min_samples", "candidates", "exclude")
+
+
+def parse_recommend(table: Any) -> RecommendSettings:
+    """The ``[recommend]`` table, or a ConfigError naming the bad key."""
+    if not isinstance(table, dict):
+        raise ConfigError("recommend must be a table, e.g. [recommend] min_agreement = 0.95")
+    _check_keys("recommend", table, _RECOMMEND_KEYS)
+    defaults = RecommendSettings()
+    fractions = {}
+    for key in ("confidence", "min_agreement"):
+        value = table.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise ConfigError(f"recommend.{key} must be a number between 0 and 1 (e.g. 0.95), got {value!r}")
+        fractions[key] = float(value)
+    samples = table.get("min_samples", defaults.min_samples)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"recommend.min_samples must be a positive whole number, got {samples!r}")
+    candidates = table.get("candidates", {})
+    if isinstance(candidates, list):
+        candidates = {"*": candidates}
+    if not isinstance(candidates, dict) or not all(_model_list(v) for v in candidates.values()):
+        raise ConfigError(
+            "recommend.candidates must be a list of models, or a table from incumbent model to a list, "
+            f'e.g. {{"gpt-4o" = ["gpt-4o-mini"]}}; got {candidates!r}'
+        )
+    exclude = table.get("exclude", [])
+    if not _model_list(exclude):
+        raise ConfigError(f"recommend.exclude must be a list of model names, got {exclude!r}")
+    return RecommendSettings(
+        **fractions,
+        min_samples=samples,
+        candidates={model: tuple(models) for model, models in candidates.items()},
+        exclude=tuple(exclude),
+    )
+
+
+def _model_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, str) and m for m in value)

@@ -29,6 +29,7 @@ from collector import privacy
 from collector.decoding import Decoder, decoder_for
 from collector.eventstream import EventStreamReader
 from collector.failopen import fail_open, failures
+from collector.headers import first_header, intended_host
 from collector.metadata import METADATA_KEY, CallMetadata
 from collector.pricing import PriceBook, cost_columns
 from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts, Usage
@@ -163,7 +164,7 @@ class Recorder:
     @fail_open
     def request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        host = req.pretty_host.lower()
+        host = intended_host(req)
         endpoint = self.registry.match(host, req.path, req.method)
         if endpoint is None:
             return
@@ -174,7 +175,7 @@ class Recorder:
             path=privacy.clean_path(req.path),
             started=req.timestamp_start,
             metadata=flow.metadata.get(METADATA_KEY) or CallMetadata(),
-            traceparent=req.headers.get("traceparent"),
+            traceparent=first_header(req, b"traceparent"),
             secrets=privacy.secret_values(req.headers.items(multi=True), req.path),
         )
         capture.request_body = req.content or b""
@@ -332,7 +333,7 @@ def _usage(capture: Capture, status: int | None) -> tuple[Usage | None, str]:
     usage = capture.response.usage
     if usage is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
         return usage, "provider"
-    if (status is not None and status >= 400) or not capture.request.prompt_chars:
+    if status is None or status >= 400 or not capture.request.prompt_chars:
         return None, "none"
     embeddings = capture.endpoint.api == "embeddings"
     return (

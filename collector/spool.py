@@ -123,15 +123,17 @@ class Spool:
 
     # -- ingester side ------------------------------------------------------------
 
-    def seal(self) -> None:
-        """Close the active file so the ingester can load it; the next append starts anew."""
+    def seal(self) -> Path | None:
+        """Close the active file so the ingester can load it; the next append starts anew.
+        Returns the sealed file, None when there was nothing to seal."""
         with self._lock:
             if self._backlog:
                 self._drain_backlog()
             try:
-                self._close_active()
+                return self._close_active()
             except OSError as exc:
                 self._report(exc)
+                return None
 
     @property
     def backlog(self) -> int:

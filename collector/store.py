@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,27 +153,17 @@ def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 
 class Ingester:
-    """Moves sealed spool files into DuckDB from a background thread."""
+    """Loads sealed spool files into DuckDB: one pass per :meth:`run_once`.
 
-    def __init__(self, spool: Spool, db_path: Path, interval: float = 0.5) -> None:
+    The proxy runs it in a child process (:mod:`collector.ingest_worker`), so that DuckDB's
+    work never holds the proxy's GIL; it also runs in-process for one-off passes.
+    """
+
+    def __init__(self, spool: Spool, db_path: Path) -> None:
         self.spool = spool
         self.db_path = db_path
-        self.interval = interval
         self.rows_ingested = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="llmtap-ingester", daemon=True)
         self._failing: str | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        delay = self.interval
-        while not self._stop.is_set():
-            self._wake.wait(delay)
-            self._wake.clear()
-            delay = self.interval if self.run_once() else min(delay * 2, MAX_RETRY_S)
 
     def run_once(self) -> bool:
         """Seal and load what is pending. True when everything pending was loaded."""
@@ -208,16 +197,12 @@ class Ingester:
     def pending(self) -> int:
         return len(self.spool.sealed_files()) + (1 if self.spool.backlog else 0)
 
-    def stop(self, timeout: float = 15.0) -> bool:
-        """Stop the thread and load everything; False if something is still unsaved."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join()
+    def drain(self, timeout: float) -> bool:
+        """Load everything pending, retrying for up to ``timeout`` s; False if something is left."""
         deadline = time.monotonic() + timeout
         while True:
             self.run_once()
-            if not self.spool.sealed_files() and not self.spool.backlog:
+            if not self.pending():
                 return True
             if time.monotonic() > deadline:
                 return False

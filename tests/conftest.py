@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.demo_data import demo_data  # noqa: F401 - one demo store per session, for several modules
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream
 

@@ -29,7 +29,7 @@ GSM8K = "gsm8k"
 LETTERS = "ABCD"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: prompts repeat across routes
 class BenchPrompt:
     route: str
     prompt: str

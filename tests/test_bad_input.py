@@ -132,8 +132,30 @@ def test_fifty_megabyte_body(proxy, upstream, client):
     upstream.routes["/v1/chat/completions"] = echo_size
     body = b'{"model": "gpt-4o", "input": "' + b"y" * (50 * 1024 * 1024) + b'"}'
     resp = client.post(f"{OPENAI}/v1/chat/completions?case=50mb", content=body)
-    assert resp.json()["id"] == f"size-{len(body)}"
-    assert row(proxy, "50mb")["status_code"] == 200
+    assert upstream.received[-1].body == body  # every byte, unchanged
+    direct = httpx.post(f"{upstream.url}/v1/chat/completions", content=body, timeout=60)
+    assert resp.content == direct.content
+    found = row(proxy, "50mb")
+    assert found["status_code"] == 200 and found["request_model"] == "gpt-4o"
+    assert found["input_tokens"] == len(body) // 4 and found["error"] is None
+
+
+def test_upstream_that_never_answers(proxy, upstream, client):
+    """No response headers before the client gives up: the row says the client went away."""
+
+    def hang(received: Received) -> Reply:
+        time.sleep(2.0)
+        return Reply.json({"id": "too-late"})
+
+    upstream.routes["/v1/chat/completions"] = hang
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(f"{OPENAI}/v1/chat/completions?case=hang", json=body, timeout=0.5)
+    assert json.loads(upstream.received[-1].body) == body  # the request itself went through
+    found = row(proxy, "hang")
+    assert found["status_code"] is None and found["request_model"] == "gpt-4o"
+    assert found["error"] and "disconnect" in found["error"].lower()
+    assert found["usage_source"] == "none" and found["input_tokens"] is None
 
 
 def test_upstream_that_stalls_past_the_client_timeout(proxy, upstream, client):

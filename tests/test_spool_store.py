@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import httpx
 import pytest
 
 from collector import schema
@@ -361,3 +363,39 @@ def test_proxy_starts_and_serves_with_a_broken_store(tmp_path, upstream):
     finally:
         proxy.stop()
     assert len(list((data / "spool").glob("sealed-*.jsonl"))) == 1
+
+
+def test_full_disk_keeps_traffic_intact_and_stores_every_call_once_it_frees(tmp_path, upstream):
+    """The proxy's writes past 1 MiB fail with EFBIG (RLIMIT_FSIZE set on the running proxy, as
+    a full disk fails them): every answer still reaches the client byte for byte, the calls
+    wait in memory, and all of them are stored once writes work again."""
+    upstream.routes["/v1/chat/completions"] = chat_reply()
+    proxy = ProxyProcess(tmp_path / "data", {h: upstream.url for h in LLM_HOSTS}).start()
+    assert proxy.proc is not None
+    ctx = ssl.create_default_context(cafile=str(proxy.data_dir / "ca-bundle.pem"))
+    big = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 2**21}]})
+    small = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    direct = httpx.post(f"{upstream.url}/v1/chat/completions", content=small).content
+    limits = resource.prlimit(proxy.proc.pid, resource.RLIMIT_FSIZE)
+    with httpx.Client(proxy=proxy.url, verify=ctx, timeout=30) as client:
+        assert client.post(CHAT_URL, content=small).content == direct
+        assert len(proxy.rows(wait_for=1)) == 1
+        resource.prlimit(proxy.proc.pid, resource.RLIMIT_FSIZE, (2**20, limits[1]))
+        try:
+            for body in (big, small, small):
+                assert client.post(CHAT_URL, content=body).content == direct
+            time.sleep(0.6)  # a seal tick while the disk is full
+            assert "File too large" in proxy.log.read_text()
+            assert len(proxy.rows()) == 1
+        finally:
+            resource.prlimit(proxy.proc.pid, resource.RLIMIT_FSIZE, limits)
+        assert client.post(CHAT_URL, content=small).content == direct
+    rows = proxy.rows("SELECT request_model, status_code, error FROM llm_calls", wait_for=5)
+    assert rows == [{"request_model": "gpt-4o-mini", "status_code": 200, "error": None}] * 5
+    with read_connection(proxy.db, timeout=5) as con:
+        (longest,) = con.execute("SELECT max(length(request_body)) FROM call_bodies").fetchone()
+    assert longest == len(big)  # the call that hit the limit is stored whole
+    assert proxy.stop() == 0, proxy.log.read_text()
+    log = proxy.log.read_text()
+    assert "cannot write to spool" in log and "spool writable again" in log and "Traceback" not in log
+    assert list((proxy.data_dir / "spool").iterdir()) == []

@@ -7,11 +7,14 @@ initial usage and each ``message_delta`` carries cumulative counts that override
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from collector.providers.base import (
+    Output,
     RequestFacts,
     ResponseFacts,
+    ToolCall,
     Usage,
     as_int,
     dig,
@@ -113,6 +116,28 @@ class AnthropicMessages:
     def limit_error(self, api: str, message: str) -> dict[str, Any]:
         return error_body(message)
 
+    def read_output(self, api: str, body: Any) -> Output:
+        """Text and tool_use blocks of a message, or of its stream's content block events."""
+        if isinstance(body, dict):
+            return _blocks_output(body.get("content"))
+        blocks: dict[int, dict[str, Any]] = {}
+        for event in body if isinstance(body, list) else []:
+            index = as_int(dig(event, "index")) or 0
+            if dig(event, "type") == "content_block_start" and isinstance(event.get("content_block"), dict):
+                blocks[index] = {**event["content_block"], "text": "", "partial_json": ""}
+            elif dig(event, "type") == "content_block_delta" and index in blocks:
+                delta = event.get("delta") or {}
+                blocks[index]["text"] += str(delta.get("text") or "")
+                blocks[index]["partial_json"] += str(delta.get("partial_json") or "")
+        for block in blocks.values():
+            if block.get("type") == "tool_use":
+                block["input"] = block.pop("partial_json") or "{}"
+        return _blocks_output(list(blocks.values()))
+
+    def prompt_request(self, api: str, path: str, model: str, prompt: str) -> tuple[str, dict[str, Any]]:
+        body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": prompt}]}
+        return path.split("?", 1)[0], body
+
     @staticmethod
     def _read_message(message: dict[str, Any], facts: ResponseFacts) -> None:
         if isinstance(model := message.get("model"), str) and model:
@@ -127,6 +152,21 @@ class AnthropicMessages:
             facts.usage = normalise(raw)
             if isinstance(tier := raw.get("service_tier"), str):
                 facts.service_tier = tier
+
+
+def _blocks_output(blocks: Any) -> Output:
+    """Text blocks joined; tool_use blocks as calls (``input`` is JSON, or JSON text from a stream)."""
+    out = Output()
+    for block in blocks if isinstance(blocks, list) else []:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text":
+            out.text += str(block.get("text") or "")
+        elif block.get("type") == "tool_use":
+            arguments = block.get("input")
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            out.tool_calls.append(ToolCall(str(block.get("name")), text))
+    return out
 
 
 PROVIDER = AnthropicMessages()

@@ -66,6 +66,23 @@ class ResponseFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call a model asked for: the tool's name and its arguments as JSON text."""
+
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class Output:
+    """What a model answered, in a form the routing comparisons share across API families:
+    its text (JSON text when structured output was asked for) and its tool calls."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A matched call: which provider and which of its APIs."""
 
@@ -107,6 +124,19 @@ class Provider(Protocol):
     def limit_error(self, api: str, message: str) -> dict[str, Any]:
         """The JSON body of a 429 in this API's own error format, so that its SDKs raise
         their usual rate-limit error when llmtap answers a call itself (a budget block)."""
+
+
+class OutputReader(Protocol):
+    """Optional for a provider: what its answers say, for routing's shadow comparisons.
+    Providers without it are never shadow-compared (the copy is still recorded)."""
+
+    def read_output(self, api: str, body: Any) -> Output:
+        """The answer in a complete decoded JSON body, or in a stream given as the list of
+        its decoded event payloads (in order)."""
+
+    def prompt_request(self, api: str, path: str, model: str, prompt: str) -> tuple[str, dict[str, Any]]:
+        """The path and JSON body of a plain one-message text request to ``model`` on this
+        provider's host, given the path of one of its calls: how the LLM judge is asked."""
 
 
 def as_int(value: Any) -> int | None:

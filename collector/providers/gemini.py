@@ -14,12 +14,22 @@ module-level readers here. The OpenAI-compatible endpoint on the same host
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from urllib.parse import unquote
 
 from collector.providers import openai
-from collector.providers.base import RequestFacts, ResponseFacts, Usage, as_int, dig, text_length
+from collector.providers.base import (
+    Output,
+    RequestFacts,
+    ResponseFacts,
+    ToolCall,
+    Usage,
+    as_int,
+    dig,
+    text_length,
+)
 
 _CALL = re.compile(r"/(?:models|tunedModels)/([^/:]+):(\w+)$")
 _METHOD_APIS = {
@@ -121,6 +131,18 @@ def read_chunk(chunk: dict[str, Any], facts: ResponseFacts) -> None:
             facts.service_tier = tier
 
 
+def read_output(body: Any) -> Output:
+    """The first candidate's text (thoughts left out) and function calls, over every chunk."""
+    out = Output()
+    for chunk in body if isinstance(body, list) else [body]:
+        for part in _dicts(dig(chunk, "candidates", 0, "content", "parts")):
+            if isinstance(text := part.get("text"), str) and not part.get("thought"):
+                out.text += text
+            if isinstance(call := _field(part, "functionCall"), dict):
+                out.tool_calls.append(ToolCall(str(call.get("name")), json.dumps(call.get("args") or {})))
+    return out
+
+
 def _error_text(body: dict[str, Any]) -> str | None:
     """Google's ``{"error": {"code", "message", "status"}}``, as "STATUS: message"."""
     err = body.get("error")
@@ -206,6 +228,15 @@ class Gemini:
 
     def limit_error(self, api: str, message: str) -> dict[str, Any]:
         return openai.error_body(message) if api == "chat" else error_body(message)
+
+    def read_output(self, api: str, body: Any) -> Output:
+        return openai.PROVIDER.read_output(api, body) if api == "chat" else read_output(body)
+
+    def prompt_request(self, api: str, path: str, model: str, prompt: str) -> tuple[str, dict[str, Any]]:
+        """A generateContent call on the same API version as the call (``/v1beta``, ...)."""
+        version = path.split("?", 1)[0].split("/models/")[0].split("/openai/")[0]
+        body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+        return f"{version}/models/{model}:generateContent", body
 
 
 PROVIDER = Gemini()

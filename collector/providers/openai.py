@@ -18,8 +18,10 @@ from urllib.parse import unquote
 
 from collector.providers.base import (
     FEATURES,
+    Output,
     RequestFacts,
     ResponseFacts,
+    ToolCall,
     Usage,
     as_int,
     dig,
@@ -158,6 +160,21 @@ class OpenAIFamily:
     def limit_error(self, api: str, message: str) -> dict[str, Any]:
         return error_body(message)
 
+    def read_output(self, api: str, body: Any) -> Output:
+        """The answer of a chat, completions or Responses body, or of its stream's events."""
+        if isinstance(body, list):
+            terminal = (e for e in reversed(body) if dig(e, "type") in _TERMINAL_EVENTS)
+            final = next((e.get("response") for e in terminal), None)
+            return _object_output(final) if isinstance(final, dict) else _chunks_output(body)
+        return _object_output(body) if isinstance(body, dict) else Output()
+
+    def prompt_request(self, api: str, path: str, model: str, prompt: str) -> tuple[str, dict[str, Any]]:
+        """A chat completion on the same path prefix as the call (``/v1``, ``/api/v1``, ...)."""
+        bare = _bare_path(path)
+        suffix = next((s for s, kind in _PATH_APIS if kind == api and bare.endswith(s)), "")
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+        return bare.removesuffix(suffix) + "/chat/completions", body
+
     def _read_responses_event(self, kind: str, data: dict[str, Any], facts: ResponseFacts) -> None:
         if kind in _TEXT_DELTA_EVENTS:
             if isinstance(delta := data.get("delta"), str):
@@ -194,6 +211,54 @@ class OpenAIFamily:
                 if isinstance(cost, int | float) and not isinstance(cost, bool):
                     facts.provider_cost_usd = float(cost)
                 break
+
+
+def _object_output(obj: dict[str, Any]) -> Output:
+    """A chat or completions body (first choice) or a Responses object (its output items)."""
+    out = Output()
+    choice = dig(obj, "choices", 0)
+    if isinstance(choice, dict):
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        out.text = _content_text(message.get("content")) or _content_text(choice.get("text"))
+        calls = [dig(call, "function") for call in _as_list(message.get("tool_calls"))]
+        calls.append(message.get("function_call"))  # the legacy single function call
+        out.tool_calls = [
+            ToolCall(str(fn["name"]), str(fn.get("arguments") or ""))
+            for fn in calls
+            if isinstance(fn, dict) and fn.get("name")
+        ]
+    for item in _as_list(obj.get("output")):
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            out.tool_calls.append(ToolCall(str(item.get("name")), str(item.get("arguments") or "")))
+        elif item.get("type") == "message":
+            out.text += _content_text(item.get("content"))
+    return out
+
+
+def _chunks_output(chunks: list[Any]) -> Output:
+    """A chat or completions stream: text deltas joined, tool-call fragments joined by index."""
+    text: list[str] = []
+    calls: dict[int, list[str]] = {}
+    for chunk in chunks:
+        choice = dig(chunk, "choices", 0)
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        text.append(_content_text(delta.get("content")) or _content_text(choice.get("text")))
+        for call in _as_list(delta.get("tool_calls")):
+            parts = calls.setdefault(as_int(dig(call, "index")) or 0, ["", ""])
+            parts[0] += str(dig(call, "function", "name") or "")
+            parts[1] += str(dig(call, "function", "arguments") or "")
+    return Output("".join(text), [ToolCall(name, args) for name, args in calls.values() if name])
+
+
+def _content_text(content: Any) -> str:
+    """Message content as text: a string, or the text of its parts (``text``/``output_text``)."""
+    if isinstance(content, str):
+        return content
+    return "".join(str(part.get("text") or "") for part in _as_list(content) if isinstance(part, dict))
 
 
 def error_body(message: str) -> dict[str, Any]:

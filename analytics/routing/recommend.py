@@ -1,0 +1,66 @@
+"""``recommend``: every route's recommendations, from the store or a calls frame."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from analytics.routing.opportunities import batch_api, prefix_hashes, prefix_repeats, prompt_caching
+from analytics.routing.record import Recommendation
+from analytics.routing.routes import ROUTE, route_profiles, shadow_evidence
+from analytics.routing.swaps import Route, model_swaps
+from analytics.store import db_path, instant, load
+from collector.config import RecommendSettings
+from collector.pricing import PriceBook
+
+#: Record order: what to act on first.
+_STATUS_ORDER = {"recommended": 0, "needs_evidence": 1, "rejected": 2}
+
+
+def recommend(
+    data: str | Path | pl.LazyFrame | None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    settings: RecommendSettings | None = None,
+    *,
+    book: PriceBook | None = None,
+) -> list[Recommendation]:
+    """Recommendations for every route of the calls started in ``[since, until)``.
+
+    ``data`` is a data directory or its ``llmtap.duckdb`` (None: the default one), or a
+    calls LazyFrame of :func:`analytics.load` (then no request body is at hand, and
+    prompt-caching records say so). ``book`` prices models (pass one built with the
+    config's ``[prices]`` overrides). Records come recommended first, then those needing
+    evidence, then the rejected, each by projected monthly savings."""
+    settings = settings or RecommendSettings()
+    book = book or PriceBook()
+    start, end = instant(since), instant(until)
+    if isinstance(data, pl.LazyFrame):
+        calls, prefixes = data, None
+    else:
+        calls = load(data, start, end)
+        prefixes = prefix_hashes(db_path(data), start, end)
+    profiles = route_profiles(calls).collect()
+    if profiles.is_empty():
+        return []
+    window = (
+        start or profiles["first_at"].min(),
+        end or profiles["last_at"].max(),
+    )
+    evidence = shadow_evidence(calls).collect()
+    repeats = prefix_repeats(calls, prefixes) if prefixes is not None else None
+    records: list[Recommendation] = []
+    for row in profiles.iter_rows(named=True):
+        route = Route.of(row, book, window, settings.confidence)
+        key = pl.all_horizontal(pl.col(name).eq_missing(row[name]) for name in ROUTE)
+        records += model_swaps(route, evidence.filter(key), settings, book)
+        route_repeats = (
+            repeats.filter(key).row(0, named=True)
+            if repeats is not None and repeats.filter(key).height
+            else None
+        )
+        records += prompt_caching(route, route_repeats, book, settings.confidence)
+        records += batch_api(route, settings.confidence)
+    return sorted(records, key=lambda rec: (_STATUS_ORDER[rec.status], -rec.monthly_savings_usd_mid))

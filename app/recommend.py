@@ -1,0 +1,111 @@
+"""``llmtap recommend``: the routing recommender's records as a table or JSON, and its
+rules drafted into the rules file for review.
+
+Drafted rules are merged into the file by rule id: a redraft replaces the rule of the
+same swap, and rules a person wrote or kept stay as they are. The file's header says
+it is a draft to review.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from collector.rules import dump_rules, load_rules
+
+if TYPE_CHECKING:
+    from analytics.routing import Recommendation
+    from collector.rules import Rule
+
+FORMATS = ("table", "json")
+DRAFT_HEADER = """\
+DRAFT routing rules written by `llmtap recommend --write-rules` on {when}.
+Review every rule before relying on it: the proxy applies this file as soon as it changes.
+Each rule's `evidence` says what the recommender saw (agreement, samples, costs, risks).
+Rules with other ids were kept as they were."""
+
+
+def write(recs: list[Recommendation], fmt: str, heading: str, out: TextIO | None = None) -> None:
+    """Print the records as a rich table (the default) or one JSON document."""
+    out = out or sys.stdout
+    if fmt == "json":
+        from analytics.routing import recommendations_frame
+        from app.report import _records
+
+        document = {"title": heading, "recommendations": _records(recommendations_frame(recs))}
+        out.write(json.dumps(document, indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(file=out, width=None if out.isatty() else 10_000, highlight=False, markup=False)
+    console.print(Text(heading, style="bold"), soft_wrap=True)
+    if not recs:
+        console.print("no routes with calls in this window")
+        return
+    console.print(_table(recs))
+
+
+def _table(recs: list[Recommendation]):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for name, justify in _COLUMNS:
+        table.add_column(name, justify=justify)
+    for rec in recs:
+        agreement = (
+            f"{rec.agreement:.1%} (>= {rec.agreement_lower_bound:.1%})"
+            if rec.agreement is not None and rec.agreement_lower_bound is not None
+            else "-"
+        )
+        table.add_row(
+            rec.status,
+            rec.kind,
+            rec.app or "(none)",
+            f"{rec.provider}: {rec.incumbent}" + (f" -> {rec.candidate}" if rec.candidate else ""),
+            f"{rec.requests_seen:,}",
+            f"{rec.shadow_samples:,}",
+            agreement,
+            f"{rec.cost_per_1k_incumbent_usd:,.4f}",
+            "-" if rec.cost_per_1k_candidate_usd is None else f"{rec.cost_per_1k_candidate_usd:,.4f}",
+            f"{rec.monthly_savings_usd_low:,.2f} / {rec.monthly_savings_usd_mid:,.2f} / "
+            f"{rec.monthly_savings_usd_high:,.2f}",
+            "-" if rec.latency_change_ms is None else f"{rec.latency_change_ms:+,.0f}",
+            "; ".join((rec.reason, *rec.risks)),
+        )
+    return table
+
+
+_COLUMNS = (
+    ("status", "left"),
+    ("kind", "left"),
+    ("app", "left"),
+    ("route", "left"),
+    ("requests", "right"),
+    ("samples", "right"),
+    ("agreement (lower bound)", "right"),
+    ("$/1k now", "right"),
+    ("$/1k after", "right"),
+    ("saved $/month low / mid / high", "right"),
+    ("latency ms", "right"),
+    ("reason; risks", "left"),
+)
+
+
+def write_rules(path: Path, drafted: list[Rule]) -> tuple[int, int]:
+    """Merge ``drafted`` into the rules file at ``path`` by id (a drafted rule replaces the
+    one with its id, others stay, in their order); returns (rules drafted, rules in file).
+    Raises RulesError when the existing file cannot be read as rules: it is not overwritten."""
+    existing = load_rules(path)
+    by_id = {rule.id: rule for rule in drafted}
+    merged = [by_id.pop(rule.id, rule) for rule in existing] + list(by_id.values())
+    header = DRAFT_HEADER.format(when=datetime.now(UTC).isoformat(timespec="seconds"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(dump_rules(merged, header), encoding="utf-8")
+    temporary.replace(path)
+    return len(drafted), len(merged)

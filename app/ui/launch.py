@@ -1,0 +1,62 @@
+"""Start the dashboard: ``streamlit run`` on :mod:`app.ui.dashboard`, headless, in a child
+process, with the data directory and config passed in its environment.
+
+Shared by ``llmtap ui`` and anything else that opens the dashboard on a data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+DASHBOARD = Path(__file__).resolve().parent / "dashboard.py"
+#: The environment variable that carries the config file to the app (read by :mod:`app.ui.widgets`).
+CONFIG_ENV = "LLMTAP_CONFIG"
+
+
+def check_port(host: str, port: int) -> None:
+    """OSError with a clear message when ``host:port`` cannot be listened on (busy)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); is another dashboard running? "
+                "pick another port with --port"
+            ) from None
+
+
+def command(host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line: headless, no usage statistics, no file watcher."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(DASHBOARD),
+        "--server.headless=true",
+        f"--server.address={host}",
+        f"--server.port={port}",
+        "--server.fileWatcherType=none",
+        "--browser.gatherUsageStats=false",
+    ]
+
+
+def serve(data_dir: Path, config: Path | None, host: str = "127.0.0.1", port: int = 8501) -> int:
+    """Run the dashboard in the foreground until it exits or Ctrl-C; its exit code."""
+    check_port(host, port)
+    env = {**os.environ, "LLMTAP_DATA_DIR": str(data_dir)}
+    env.pop(CONFIG_ENV, None)
+    if config is not None:
+        env[CONFIG_ENV] = str(config.expanduser().resolve())
+    print(f"llmtap dashboard on http://{host}:{port} (store: {data_dir}); Ctrl-C stops it", flush=True)
+    child = subprocess.Popen(command(host, port), env=env, stdout=subprocess.DEVNULL)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.terminate()
+        child.wait()
+        return 0

@@ -1,0 +1,83 @@
+"""Calls: a filterable table of the latest calls, and one call in detail (its span's
+attributes and its bodies as the capture mode stored them)."""
+
+import streamlit as st
+
+from app.ui import widgets
+from app.ui.format import count, duration_ms, usd
+
+st.title("Calls")
+view, _ = widgets.page_view()
+errors_only = st.toggle("Only calls with an error", key="errors_only")
+matched, latest = widgets.recent_calls(view, errors_only)
+if matched == 0:
+    widgets.no_calls(view)
+    st.stop()
+
+st.caption(f"{count(matched)} calls match; the latest {count(latest.height)} are listed, newest first.")
+picked = st.dataframe(
+    latest,
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="single-row",
+    key="calls_table",
+    column_config={
+        "started_at": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "cost_usd": st.column_config.NumberColumn("cost", format="$%.6f"),
+        "latency_ms": st.column_config.NumberColumn("latency", format="%.0f ms"),
+        "ttft_ms": st.column_config.NumberColumn("ttft", format="%.0f ms"),
+    },
+)
+rows = picked.selection.rows if picked is not None else []
+ids = latest.get_column("call_id").to_list()
+call_id = st.selectbox("Call", ids, index=rows[0] if rows else 0, key="call_id", help="or pick a row above")
+
+detail = widgets.call_detail(view.db, call_id, view.state)
+if detail is None:
+    st.warning(f"Call {call_id} is no longer in the store.")
+    st.stop()
+call = detail.call
+st.subheader(
+    f"{call['provider']} {call['api']}: "
+    f"{call['response_model'] or call['request_model'] or '(unknown model)'}"
+)
+cells = st.columns(5)
+cells[0].metric("Status", str(call["status_code"] or "none"))
+cells[1].metric("Latency", duration_ms(call["latency_ms"]))
+cells[2].metric("Time to first token", duration_ms(call["ttft_ms"]))
+cells[3].metric("Tokens in / out", f"{count(call['input_tokens'])} / {count(call['output_tokens'])}")
+cells[4].metric("Call cost", usd(call["cost_usd"]))
+if call["error"]:
+    st.error(call["error"])
+
+record, span, bodies = st.tabs(["Record", "Span", "Bodies"])
+with record:
+    st.json(
+        {
+            name: value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
+            for name, value in call.items()
+        }
+    )
+with span:
+    if detail.span is None:
+        st.info("No span stored for this call.")
+    else:
+        st.caption(
+            f"{detail.span['name']} (trace {detail.span['trace_id']}, span {detail.span['span_id']}, "
+            f"status {detail.span['status']})"
+        )
+        st.json(detail.span["attributes"] or {})
+with bodies:
+    if detail.bodies is None:
+        st.info("No bodies stored for this call.")
+    else:
+        mode = detail.bodies["capture_mode"]
+        st.caption(
+            f"capture mode: {mode}" + (" (bodies are not kept in this mode)" if mode == "metadata" else "")
+        )
+        for part in ("request_body", "response_body"):
+            st.markdown(f"**{part.replace('_', ' ')}**")
+            if detail.bodies[part]:
+                st.code(detail.bodies[part], language="json")
+            else:
+                st.caption("not stored")

@@ -1,0 +1,78 @@
+"""Costs: spend by model, provider, app, user and property; cache savings; unpriced models."""
+
+import polars as pl
+import streamlit as st
+
+from app.ui import charts, data, widgets
+from app.ui.format import count, usd
+
+st.title("Costs")
+view, _ = widgets.page_view()
+costs = widgets.costs(view)
+if not costs.by["model"].height or costs.by["model"].get_column("calls").sum() == 0:
+    widgets.no_calls(view)
+    st.stop()
+
+cells = st.columns(3)
+cells[0].metric("Cost", usd(costs.total_usd), help="n/a: no call in the window has a known price")
+cells[1].metric(
+    "Saved by prompt caching", usd(costs.cache_saved_usd), help="cache reads' saving minus writes' premium"
+)
+cells[2].metric("Unpriced models", count(costs.unpriced.height), help="models with usage but no known price")
+
+MONEY = ("cost_usd",)
+
+
+def spend_table(frame: pl.DataFrame, label: str) -> None:
+    """A breakdown: a bar chart of cost and the table behind it."""
+    name = label.lower()  # "property:team" -> "team": Altair reads a colon as a type
+    frame = frame.rename({frame.columns[0]: name}).with_columns(pl.col(MONEY).cast(pl.Float64))
+    if frame.get_column("cost_usd").is_not_null().any():
+        st.altair_chart(
+            charts.ranked_bars(frame.head(20), name, "cost_usd", "cost (USD)", money=True), width="stretch"
+        )
+    st.dataframe(
+        frame,
+        hide_index=True,
+        column_config={
+            "cost_usd": st.column_config.NumberColumn("cost", format="dollar"),
+            **{
+                c: st.column_config.NumberColumn(c.replace("_", " "), format="localized")
+                for c in frame.columns
+                if c.endswith(("tokens", "calls"))
+            },
+        },
+    )
+
+
+properties = [name for name in costs.by if name.startswith("property:")]
+labels = [*data.COST_DIMENSIONS, *(name.removeprefix("property:") for name in properties)]
+for tab, label, name in zip(
+    st.tabs(labels), labels, [*data.COST_DIMENSIONS.values(), *properties], strict=True
+):
+    with tab:
+        spend_table(costs.by[name], label)
+
+st.subheader("Prompt caching")
+st.dataframe(
+    costs.cache,
+    hide_index=True,
+    column_config={
+        "cache_read_share": st.column_config.NumberColumn("cache read share", format="percent"),
+        **{
+            c: st.column_config.NumberColumn(c.replace("_", " "), format="dollar")
+            for c in costs.cache.columns
+            if c.endswith("usd")
+        },
+    },
+)
+
+st.subheader("Models with no known price")
+if costs.unpriced.height:
+    st.caption(
+        "Their cost is n/a, never $0. Add them under `[prices]` in the config and run "
+        "`llmtap reprice --config FILE`."
+    )
+    st.dataframe(costs.unpriced, hide_index=True)
+else:
+    st.caption("Every call with usage has a price.")

@@ -1,0 +1,122 @@
+"""Recommendations: the routing recommender's records with their evidence, what canary
+rules saved, and actions that write drafted rules to the rules file after confirmation."""
+
+import polars as pl
+import streamlit as st
+
+import analytics
+from app.ui import routing, widgets
+from app.ui.format import count, percent, usd
+from collector.rules import RulesError, dump_rules, load_rules
+
+st.title("Recommendations")
+view, settings = widgets.page_view()
+found = widgets.recommendations(view, settings)
+if not found.records:
+    st.info(
+        "No recommendation for the calls in this time window: the recommender needs calls of a "
+        "model it knows a cheaper candidate for (see `llmtap recommend --help`). Widen the window."
+    )
+    st.stop()
+
+frame = found.frame
+recommended = frame.filter(pl.col("status") == "recommended")
+cells = st.columns(3)
+cells[0].metric("Recommended", count(recommended.height))
+cells[1].metric("Needing evidence", count(frame.filter(pl.col("status") == "needs_evidence").height))
+cells[2].metric(
+    "Monthly savings if all recommended are applied",
+    usd(recommended.get_column("monthly_savings_usd_mid").sum()),
+    help="mid projection: the cache share and volume observed",
+)
+
+st.dataframe(
+    frame.select(
+        "status",
+        "kind",
+        "app",
+        "provider",
+        "incumbent",
+        "candidate",
+        "requests_seen",
+        "shadow_samples",
+        "agreement",
+        "agreement_lower_bound",
+        "monthly_savings_usd_low",
+        "monthly_savings_usd_mid",
+        "monthly_savings_usd_high",
+        "reason",
+    ),
+    hide_index=True,
+    column_config={
+        "agreement": st.column_config.NumberColumn("agreement", format="percent"),
+        "agreement_lower_bound": st.column_config.NumberColumn("agreement (lower bound)", format="percent"),
+        **{
+            c: st.column_config.NumberColumn(
+                c.removeprefix("monthly_savings_usd_") + " $/month", format="dollar"
+            )
+            for c in frame.columns
+            if c.startswith("monthly_savings")
+        },
+    },
+)
+
+st.subheader("Evidence")
+labels = [
+    f"{i + 1}. {r.status}: {r.kind} {r.app or 'any app'} {r.incumbent}"
+    + (f" -> {r.candidate}" if r.candidate else "")
+    for i, r in enumerate(found.records)
+]
+chosen = found.records[labels.index(st.selectbox("Record", labels, key="record"))]
+cells = st.columns(4)
+cells[0].metric("Agreement", percent(chosen.agreement), help=f"{count(chosen.shadow_samples)} shadow samples")
+cells[1].metric(
+    "Agreement lower bound",
+    percent(chosen.agreement_lower_bound),
+    help=f"at {percent(chosen.confidence)} confidence",
+)
+cells[2].metric("Cost per 1k requests", usd(chosen.cost_per_1k_incumbent_usd), help="the incumbent's")
+cells[3].metric("Candidate cost per 1k", usd(chosen.cost_per_1k_candidate_usd))
+st.write(chosen.reason)
+for risk in chosen.risks:
+    st.warning(risk)
+
+if found.realised.height:
+    st.subheader("What canary rules saved")
+    st.dataframe(found.realised, hide_index=True)
+
+st.subheader("Write rules")
+path = routing.rules_path(settings)
+action = st.radio(
+    "Action",
+    routing.ACTIONS,
+    horizontal=True,
+    key="rules_action",
+    help="draft: only show the rules; shadow: copy calls needing evidence to the candidate; canary: "
+    "send a share of callers of recommended swaps to it; enforce: send every such call to it",
+)
+drafted = analytics.draft_rules(found.records, "shadow" if action == "draft" else action)
+if not drafted:
+    st.info(
+        f"No model swap for {action} here: shadow drafts swaps needing evidence, canary and enforce "
+        "recommended ones."
+    )
+    st.stop()
+st.code(dump_rules(drafted), language="yaml")
+if action == "draft":
+    st.caption(f"Pick shadow, canary or enforce to write these rules to `{path}`.")
+    st.stop()
+try:
+    present = {rule.id for rule in load_rules(path)}
+except RulesError as exc:
+    st.error(f"The rules file cannot be merged into: {exc}")
+    st.stop()
+replaced = sum(rule.id in present for rule in drafted)
+confirmed = st.checkbox(
+    f"I reviewed these {len(drafted)} rules: write them to {path} ({replaced} replace rules of the same id; "
+    "the proxy applies them on its next call)",
+    key="confirm_rules",
+)
+if st.button("Write rules", disabled=not confirmed, key="write_rules"):
+    merged = routing.write_rules(path, drafted)
+    st.success(f"Wrote {len(drafted)} {action} rules to {path}; it now holds {len(merged)} rules.")

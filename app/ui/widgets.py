@@ -1,0 +1,158 @@
+"""What every page shares: the sidebar (time window, filters), the store watch that keeps
+pages live, cached faces of :mod:`app.ui.data`, empty states and the alert banner.
+
+``llmtap ui`` passes the data directory and config file in the environment
+(``LLMTAP_DATA_DIR``, ``LLMTAP_CONFIG``), so the app, AppTest and a plain
+``streamlit run app/ui/dashboard.py`` all start the same way.
+
+Caching: results are cached per :class:`~app.ui.data.View`, which holds the store's
+state (size and mtime of the file and its WAL). A new call changes the state, so the
+next run computes afresh; :func:`watch_store` reruns the page within ``REFRESH_S`` of a
+change, without a manual reload. The TTL only bounds memory and the clock's effect
+(today's spend at midnight).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import streamlit as st
+
+from app.ui import budget_status, data, routing
+from app.ui.format import usd
+from app.ui.launch import CONFIG_ENV
+from collector.config import BudgetSpec, Settings, load_settings
+
+REFRESH_S = 5
+CACHE_TTL_S = 60
+VIEW_KEY = "llmtap_view"
+SETTINGS_KEY = "llmtap_settings"
+
+
+def load_config() -> Settings:
+    """Settings from ``$LLMTAP_CONFIG`` (if set) and ``$LLMTAP_DATA_DIR`` (which wins over the
+    config's ``data_dir``, as ``--data-dir`` does); ConfigError when bad."""
+    return load_settings(
+        data_dir=os.environ.get("LLMTAP_DATA_DIR") or None, config_file=os.environ.get(CONFIG_ENV) or None
+    )
+
+
+def now_minute() -> datetime:
+    """The current UTC time to the minute: the clock's part of cache keys."""
+    return datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def filter_options(data_dir: Path, since: datetime | None, state: tuple[int, ...]) -> dict[str, list[str]]:
+    return data.filter_options(data_dir, since)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
+def overview(view: data.View, budgets: tuple[BudgetSpec, ...], now: datetime) -> data.Overview:
+    return data.overview(view, budgets, now)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
+def costs(view: data.View) -> data.Costs:
+    return data.costs(view)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
+def latency(view: data.View) -> data.Latency:
+    return data.latency(view)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
+def recent_calls(view: data.View, errors_only: bool) -> tuple[int, pl.DataFrame]:
+    return data.recent_calls(view, errors_only)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def call_detail(db: Path, call_id: str, state: tuple[int, ...]) -> data.CallDetail | None:
+    return data.call_detail(db, call_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
+def budgets(db: Path, specs: tuple[BudgetSpec, ...], now: datetime, state: tuple[int, ...]) -> pl.DataFrame:
+    return budget_status.budget_status(db, specs, now)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def blocked(view: data.View) -> pl.DataFrame:
+    return budget_status.blocked_calls(view.calls())
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Running the routing recommender...")
+def recommendations(view: data.View, settings: Settings) -> routing.Routing:
+    return routing.routing(view, settings)
+
+
+def sidebar(settings: Settings) -> data.View:
+    """The sidebar's controls, and the View they choose (also kept for the pages)."""
+    db = settings.paths.db
+    state = data.store_state(db)
+    st.sidebar.caption(f"Store: `{db}`")
+    label = st.sidebar.selectbox(
+        "Time window", list(data.WINDOWS), index=list(data.WINDOWS).index(data.DEFAULT_WINDOW), key="window"
+    )
+    since = data.window_start(label, now_minute())
+    options = filter_options(settings.data_dir, since, state) if state else {}
+    chosen = {
+        name: tuple(
+            st.sidebar.multiselect(
+                name.capitalize(), options.get(name, []), key=f"filter_{name}", placeholder="All"
+            )
+        )
+        for name in data.FILTER_COLUMNS
+    }
+    view = data.View(data_dir=settings.data_dir, since=since, filters=data.Filters(**chosen), state=state)
+    st.session_state[VIEW_KEY] = view
+    st.session_state[SETTINGS_KEY] = settings
+    watch_store(db, state)
+    return view
+
+
+@st.fragment(run_every=REFRESH_S)
+def watch_store(db: Path, state: tuple[int, ...]) -> None:
+    """Rerun the whole app when the store changed since this run (new calls arrived)."""
+    if data.store_state(db) != state:
+        st.rerun()
+
+
+def page_view() -> tuple[data.View, Settings]:
+    """The sidebar's View and the settings, for a page; stops with a helpful message when
+    there is no store yet."""
+    view: data.View = st.session_state[VIEW_KEY]
+    settings: Settings = st.session_state[SETTINGS_KEY]
+    if not view.state:
+        st.info(
+            f"No llmtap store at `{view.db}` yet. Start the proxy (`llmtap proxy`, or "
+            "`llmtap run -- CMD`) and make a call; this page updates by itself. "
+            "Another data directory? Start the dashboard with `llmtap ui --data-dir DIR`."
+        )
+        st.stop()
+    return view, settings
+
+
+def no_calls(view: data.View) -> None:
+    """The empty state of a page whose window (and filters) hold no calls."""
+    where = "with these filters " if view.filters.active() else ""
+    st.info(
+        f"No calls {where}in this time window. Widen the window or clear the filters in the "
+        "sidebar; new calls appear here within a few seconds of the proxy recording them."
+    )
+
+
+def alert_banner(data_dir: Path) -> None:
+    """The proxy's current budget alerts, most severe first, as a banner."""
+    try:
+        alerts = budget_status.read_alerts(data_dir)
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    for alert in sorted(alerts, key=lambda a: -a.get("level", 0)):
+        show = st.error if alert.get("exceeded") else st.warning
+        show(alert.get("message") or f"budget {alert.get('budget')}: {usd(alert.get('spent_usd'))} spent")

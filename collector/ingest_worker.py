@@ -1,0 +1,139 @@
+"""Loads the spool into DuckDB from a child process, so that the store's work never holds the
+proxy's GIL.
+
+A DuckDB batch (open, load, checkpoint, close) takes 50-80 ms of CPU; in a thread of the
+proxy it held the GIL in stretches of 8-12 ms, which the event loop felt as latency on
+every call in flight. Here the proxy only seals the active spool file every ``interval``
+seconds (a close and a rename, on a small thread) and writes one byte down a pipe; the
+child (``python -m collector.ingest_worker SPOOL DB``) loads every sealed file when the
+byte arrives. Nudges that pile up while a batch loads are read at once, so batches grow
+with load instead of queueing.
+
+Durability does not change: a call is durable once its spool line is written (by the
+recorder, before the client has the last byte), and a sealed file is loaded exactly once
+whichever process loads it (see :func:`collector.store.ingest_file`). When the pipe closes
+(the proxy stops, or dies) the child loads everything left and exits; :meth:`IngestWorker.stop`
+then loads in-process whatever the child could not, so a stopped proxy leaves every record
+written as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from collector.spool import Spool
+from collector.store import MAX_RETRY_S, Ingester
+
+log = logging.getLogger("llmtap.ingest")
+
+#: Seconds between seals of the active spool file: how stale the store may be.
+INTERVAL_S = 0.5
+
+
+class IngestWorker:
+    """The proxy's side: seals the spool on a timer and keeps the loading child running."""
+
+    def __init__(self, spool: Spool, db_path: Path, interval: float = INTERVAL_S) -> None:
+        self.spool = spool
+        self.db_path = db_path
+        self.interval = interval
+        self.ingester = Ingester(spool, db_path)
+        self._child: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llmtap-spool-sealer", daemon=True)
+
+    def run_once(self) -> bool:
+        """Load what is pending now, in this process (before the proxy serves traffic)."""
+        return self.ingester.run_once()
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        cmd = [sys.executable, "-m", "collector.ingest_worker", str(self.spool.directory), str(self.db_path)]
+        # Its own session: a terminal's Ctrl-C goes to the proxy, which then closes the pipe.
+        self._child = subprocess.Popen(cmd, stdin=subprocess.PIPE, start_new_session=True, env=_child_env())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.spool.seal() is not None:
+                self._nudge()
+
+    def _nudge(self) -> None:
+        child = self._child
+        if child is None or child.poll() is not None:
+            log.error("the spool loader exited (code %s); starting a new one", child and child.returncode)
+            self._spawn()
+            child = self._child
+        assert child is not None and child.stdin is not None
+        try:
+            child.stdin.write(b".")
+            child.stdin.flush()
+        except BrokenPipeError:
+            pass  # it just died; the next tick starts a new one and it loads what is sealed
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Seal, let the child load everything and exit; False if something is still unsaved."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.spool.seal()
+        child = self._child
+        if child is not None:
+            assert child.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # it died; the drain below does its work
+                child.stdin.close()  # end of input: the child loads what is left and exits
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.error("the spool loader did not finish in %.0f s; stopping it", timeout)
+                child.kill()
+                child.wait()
+        # Whatever the child could not load (or a backlog the disk refused) gets more tries here.
+        return self.ingester.drain(timeout)
+
+
+def _child_env() -> dict[str, str]:
+    """The proxy's environment, with this package importable however the proxy was started."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+def serve(ingester: Ingester, nudges: int) -> bool:
+    """Load on every nudge read from the file descriptor ``nudges`` until it closes, then load
+    what is left. While the store fails, retry on a growing delay as well."""
+    delay: float | None = None if ingester.run_once() else 0.5
+    while True:
+        readable, _, _ = select.select([nudges], [], [], delay)
+        if readable and not os.read(nudges, 65536):
+            break  # the proxy stopped (or died)
+        delay = None if ingester.run_once() else min((delay or 0.25) * 2, MAX_RETRY_S)
+    return ingester.drain(timeout=10.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m collector.ingest_worker",
+        description="Load llmtap's sealed spool files into its DuckDB store each time a byte "
+        "arrives on stdin; load everything left and exit when stdin closes. Started by the proxy.",
+    )
+    parser.add_argument("spool", type=Path, help="the spool directory (DATA_DIR/spool)")
+    parser.add_argument("db", type=Path, help="the DuckDB file (DATA_DIR/llmtap.duckdb)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="llmtap: %(levelname)s %(message)s", stream=sys.stderr)
+    saved = serve(Ingester(Spool(args.spool), args.db), sys.stdin.fileno())
+    return 0 if saved else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The dashboard in a real browser: ``llmtap ui`` on the demo's store, each page loaded in
+Debian's chromium (never a browser Playwright downloads), its key numbers compared with
+the same figures computed independently from the store with DuckDB SQL, and a screenshot
+of each page kept as a test artefact ($LLMTAP_TEST_ARTIFACTS, else tests/artifacts/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import running_proxy
+from tests.demo_data import APP_CALLS, ROOT
+from tests.proxyproc import ProxyProcess, free_port
+from tests.upstream import FakeUpstream, Reply
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = Path(os.environ.get("LLMTAP_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
+#: url path -> the page's title (app/ui/dashboard.py).
+PAGES = {
+    "": "Overview",
+    "costs": "Costs",
+    "latency": "Latency",
+    "calls": "Calls",
+    "budgets": "Budgets",
+    "recommendations": "Recommendations",
+}
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium on the PATH")
+
+
+def usd(value: float) -> str:
+    """Dollars as a person reads them: cents from a dollar up, four places below."""
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+
+
+@contextmanager
+def running_dashboard(data_dir: Path) -> Iterator[str]:
+    """``llmtap ui`` on ``data_dir`` and its demo config, on a free port; its URL."""
+    port = free_port()
+    command = ["--data-dir", str(data_dir), "--port", str(port), "--config", str(data_dir / "demo.toml")]
+    log_path = data_dir.parent / f"ui-{port}.log"
+    with open(log_path, "w") as log:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "ui", *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    if ui.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"llmtap ui did not start:\n{log_path.read_text()}") from None
+                    time.sleep(0.3)
+            yield url
+        finally:
+            ui.terminate()
+            ui.wait(15)
+
+
+@pytest.fixture(scope="module")
+def dashboard(demo_data: Path) -> Iterator[str]:
+    """The dashboard on the session's demo store, shared by this module's read-only tests."""
+    with running_dashboard(demo_data) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def store(demo_data: Path) -> dict[str, float]:
+    """The figures the pages must show, straight from the store."""
+    con = duckdb.connect(str(demo_data / "llmtap.duckdb"), read_only=True)
+    calls, input_tokens, cost = con.execute(
+        "SELECT count(*), sum(input_tokens), sum(cost_usd)::DOUBLE FROM llm_calls WHERE " + APP_CALLS
+    ).fetchone()
+    (blocked,) = con.execute(
+        "SELECT count(*) FROM llm_calls WHERE status_code = 429 AND error LIKE '%blocked by budget %'"
+    ).fetchone()
+    con.close()
+    return {"calls": calls, "input_tokens": input_tokens, "cost": cost, "blocked": blocked}
+
+
+def open_page(browser, url: str, path: str, title: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(f"{url}/{path}")
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=30_000)
+    # The script has finished once Streamlit's status widget ("Running...") is gone.
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
+    )
+    return page
+
+
+def metric_value(page, label: str):
+    """The value element of the metric labelled ``label`` (found afresh each time it is used)."""
+    box = page.locator('[data-testid="stMetric"]').filter(
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=label)
+    )
+    return box.locator('[data-testid="stMetricValue"]').first
+
+
+def metric(page, label: str) -> str:
+    return metric_value(page, label).inner_text().strip()
+
+
+@pytest.mark.parametrize(("path", "title"), PAGES.items(), ids=[t for t in PAGES.values()])
+def test_page_renders_without_error(browser, dashboard: str, path: str, title: str) -> None:
+    page = open_page(browser, dashboard, path, title)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-{title.lower()}.png"), full_page=True)
+    errors = page.locator('[data-testid="stException"]')  # (error boxes are budget alerts)
+    assert errors.count() == 0, errors.first.inner_text()
+    page.close()
+
+
+def test_overview_numbers_match_the_store(browser, dashboard: str, store: dict) -> None:
+    page = open_page(browser, dashboard, "", "Overview")
+    assert metric(page, "Calls") == f"{store['calls']:,}"
+    assert metric(page, "Input tokens") == f"{store['input_tokens']:,}"
+    assert metric(page, "Cost") == usd(store["cost"])
+    page.close()
+
+
+def test_budgets_page_counts_the_blocked_calls(browser, dashboard: str, store: dict) -> None:
+    assert store["blocked"] > 0
+    page = open_page(browser, dashboard, "budgets", "Budgets")
+    assert metric(page, "Budgets") == "3"
+    assert metric(page, "Blocked calls") == f"{store['blocked']:,}"
+    page.close()
+
+
+#: What the fake provider answers to the calls the live-refresh test sends.
+CHAT_REPLY = {
+    "id": "chatcmpl-live",
+    "object": "chat.completion",
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+}
+LIVE_CALLS = 3
+#: Bound on waiting for the page to show the new calls: the proxy stores a call within about
+#: a second and the page checks the store every 5 s (app.ui.widgets.REFRESH_S); the rest is
+#: slack for a loaded machine. The assertion is on what the page shows, not on the time.
+LIVE_WAIT_MS = 15_000
+
+
+def chat_through(proxy: ProxyProcess, question: str) -> None:
+    """One OpenAI chat call with curl, routed and trusted the way ``llmtap env`` sets it up."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
+    headers = ["-H", "content-type: application/json", "-H", "X-Llmtap-App: live-test"]
+    subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            *headers,
+            "-d",
+            json.dumps(body),
+            "https://api.openai.com/v1/chat/completions",
+        ],
+        env={**os.environ, **proxy.env},
+        capture_output=True,
+        check=True,
+    )
+
+
+def test_overview_shows_new_calls_without_a_reload(
+    browser, tmp_path: Path, demo_data: Path, upstream: FakeUpstream
+) -> None:
+    """The issue's "live while the proxy runs": with the Overview open, calls that a real proxy
+    records into the same data directory appear in its Calls metric, the page never reloaded."""
+    from playwright.sync_api import expect
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(demo_data, data_dir)  # the shared demo store keeps its numbers for the other tests
+    upstream.routes["/v1/chat/completions"] = Reply.json(CHAT_REPLY)
+    with running_dashboard(data_dir) as url:
+        page = open_page(browser, url, "", "Overview")
+        before = int(metric(page, "Calls").replace(",", ""))
+        # A reload or navigation would drop this mark along with the page's JavaScript state.
+        page.evaluate("() => { window.llmtapLiveMark = true; }")
+        with running_proxy(data_dir, upstream) as proxy:
+            for n in range(LIVE_CALLS):
+                chat_through(proxy, f"question {n}")
+            expect(metric_value(page, "Calls")).to_have_text(f"{before + LIVE_CALLS:,}", timeout=LIVE_WAIT_MS)
+        assert page.evaluate("() => window.llmtapLiveMark === true"), "the page was reloaded"
+        page.close()

@@ -1,0 +1,69 @@
+"""The spool loader child process of a real proxy: it is replaced when it dies, and it
+finishes its work when the proxy goes away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import running_proxy
+from tests.upstream import Reply
+
+CHAT_URL = "https://api.openai.com/v1/chat/completions"
+REPLY = {
+    "id": "r1",
+    "model": "gpt-4o-mini",
+    "choices": [],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+}
+
+
+def loader_pids(pid: int) -> list[int]:
+    """The proxy's child processes running ``collector.ingest_worker``."""
+    children = [
+        c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
+    ]
+    return [int(c) for c in children if b"collector.ingest_worker" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def chat(proxy, n: int) -> None:
+    ctx = ssl.create_default_context(cafile=str(proxy.data_dir / "ca-bundle.pem"))
+    with httpx.Client(proxy=proxy.url, verify=ctx, timeout=30) as client:
+        for _ in range(n):
+            assert client.post(CHAT_URL, json={"model": "gpt-4o-mini", "messages": []}).json() == REPLY
+
+
+def test_a_killed_loader_is_replaced_and_no_call_is_lost(tmp_path, upstream):
+    upstream.routes["/v1/chat/completions"] = Reply.json(REPLY)
+    with running_proxy(tmp_path / "data", upstream) as proxy:
+        assert proxy.proc is not None
+        chat(proxy, 2)
+        assert len(proxy.rows(wait_for=2)) == 2
+        (first,) = loader_pids(proxy.proc.pid)
+        os.kill(first, signal.SIGKILL)
+        chat(proxy, 3)
+        assert len(proxy.rows(wait_for=5)) == 5
+        (second,) = loader_pids(proxy.proc.pid)
+        assert second != first
+    assert "the spool loader exited" in proxy.log.read_text()
+    assert list((proxy.data_dir / "spool").iterdir()) == []
+
+
+def test_loader_stores_what_a_killed_proxy_sealed_and_exits(tmp_path, upstream):
+    upstream.routes["/v1/chat/completions"] = Reply.json(REPLY)
+    with running_proxy(tmp_path / "data", upstream) as proxy:
+        assert proxy.proc is not None
+        chat(proxy, 3)
+        (loader,) = loader_pids(proxy.proc.pid)
+        time.sleep(0.6)  # a seal tick: the three calls are in a sealed file or already stored
+        proxy.kill9()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{loader}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{loader}").exists(), "the loader outlived its proxy"
+    assert len(proxy.rows(wait_for=3)) == 3
