@@ -33,6 +33,7 @@ from analytics.dimensions import (
     time_keys,
     truncated,
 )
+from collector.rules import EVALUATION_ARMS
 
 DEFAULT_BY = ("model",)
 PERCENTILES = (50, 90, 95, 99)
@@ -99,9 +100,8 @@ def order(frame: pl.LazyFrame, by: str | Sequence[str], rank_by: str | None) -> 
     return frame.sort(columns, descending=descending, nulls_last=True)
 
 
-#: routing_arm of the calls the proxy makes to evaluate models, not for the app: copies to
-#: a candidate, copies to the incumbent itself (the noise floor) and LLM-judge calls.
-SHADOW_ARMS = ("shadow", "noise_floor", "judge")
+#: routing_arm of the calls the proxy makes to evaluate models, not for the app.
+SHADOW_ARMS = EVALUATION_ARMS
 
 
 def is_shadow() -> pl.Expr:

@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from collector.rules import RULES_FILE, Rule, load_rules
 from collector.spans import SpanRecorder
 from collector.spool import Spool
 from collector.store import Ingester, read_connection
+from collector.stream_usage import StreamUsage
 
 #: Seconds allowed for the copies' rows to reach the store at the end.
 DRAIN_TIMEOUT_S = 30.0
@@ -161,7 +161,12 @@ def evaluate(
     recorder = Recorder(registry, spool, spans, PriceBook(settings.prices), settings.capture)
     routing = settings.routing
     router = Router(
-        rules_path, recorder, settings.upstreams, routing.judge_model, routing.noise_floor_fraction
+        rules_path,
+        recorder,
+        settings.upstreams,
+        routing.judge_model,
+        routing.noise_floor_fraction,
+        StreamUsage(settings.stream_usage),
     )
 
     triage = _triage(router, rules, calls, os.environ)
@@ -179,9 +184,7 @@ def evaluate(
         err.print(f"llmtap: nothing to evaluate: all {triage.already} matching calls have a shadow copy")
         return 0
 
-    rules_by_id = {rule.id: rule for rule in rules}
-    for rule, spent in _spent_today(settings.data_dir, rules_by_id).items():
-        router.spend.add(rules_by_id[rule], spent)
+    router.spend.resume(settings.paths.db)
     work = triage.work[:limit]
     started = datetime.now(UTC)
     capped = asyncio.run(_send(router, work, err))
@@ -301,19 +304,6 @@ async def _send(router: Router, work: list[Work], err: Console) -> Counter[str]:
     finally:
         await router.done()
     return capped
-
-
-def _spent_today(data_dir: Path, rules: dict[str, Rule]) -> dict[str, Decimal]:
-    """What each rule's copies and judge calls already cost in the current UTC day."""
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    spent = (
-        load(data_dir, since=midnight)
-        .filter(pl.col("routing_arm").is_in(SHADOW_ARMS) & pl.col("routing_rule").is_in(list(rules)))
-        .group_by("routing_rule")
-        .agg(pl.col("cost_usd").sum())
-        .collect()
-    )
-    return {rule: cost for rule, cost in spent.iter_rows() if cost}
 
 
 def _summary(data_dir: Path, started: datetime, originals: list[str]) -> pl.DataFrame:

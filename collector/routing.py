@@ -17,7 +17,10 @@ request for upstream. For each call the first matching rule acts, by its mode:
   ``noise_floor_fraction`` set, some live calls also get a copy to their own model
   ("noise_floor"), which measures how often the incumbent disagrees with itself. Judge
   calls (free-text comparisons) are rows too ("judge"). Copies stop for the UTC day once
-  a rule's copies and judge calls have cost ``shadow_spend_cap_usd``. ``llmtap evaluate``
+  a rule's copies and judge calls have cost ``shadow_spend_cap_usd`` (what they cost earlier
+  that day is read from the store at start-up, so a restart does not reset the cap). Copies
+  get the same injected stream usage as live calls (:mod:`collector.stream_usage`), and a
+  copied stream keeps its text for the comparison in every capture mode. ``llmtap evaluate``
   (app/evaluate.py) sends the same copies offline, for stored calls, through
   :meth:`Router.shadow_stored`.
 
@@ -25,7 +28,8 @@ A rewritten call (canary or enforce) that the new model answers with an HTTP err
 retried once with the client's model; the client gets the retry's answer, and both are
 rows (the retry's ``retry_of`` is the failed call). A retried stream reaches the client
 in one piece once the retry has finished. A transport failure (no HTTP answer) is not
-retried: mitmproxy has already answered the client by the time it is known.
+retried: mitmproxy 12 answers the client with a 502 itself right after the ``error`` hook,
+whatever the hook sets (``HttpStream.handle_protocol_error``).
 
 Signed requests (AWS SigV4) are never rewritten nor copied. The rules file is checked for
 changes at most once a second; a file that does not parse keeps the previous rules (the
@@ -54,15 +58,16 @@ from mitmproxy import connection, http
 from mitmproxy.flow import Error
 
 from collector import compare
-from collector.budgets import rewrite_model
+from collector.budgets import SEED_TIMEOUT_S, rewrite_model
 from collector.config import Upstream
 from collector.failopen import fail_open, failures
 from collector.metadata import METADATA_KEY, CallMetadata
 from collector.providers.base import Output, OutputReader
 from collector.recorder import CAPTURE_KEY, CHARS_PER_TOKEN, Capture, Recorder, json_or_none
-from collector.rules import Rule, RulesError, first_match, load_rules
+from collector.rules import EVALUATION_ARMS, Rule, RulesError, first_match, load_rules
 from collector.sse import SSEReader
-from collector.stream_usage import is_signed
+from collector.store import read_connection
+from collector.stream_usage import StreamUsage, is_signed
 from collector.upstream import UpstreamRewrite
 
 log = logging.getLogger("llmtap.routing")
@@ -82,6 +87,14 @@ STICKY_KEYS: dict[str, tuple[str, ...]] = {
     "app": ("app",),
 }
 _PLAN_KEY = "llmtap.routing"
+#: The arms of calls llmtap makes to evaluate a model, whose cost counts towards a rule's cap.
+#: Today's spend per rule on those calls, as stored.
+_STORED_SPEND = """
+SELECT routing_rule, sum(cost_usd) FROM llm_calls
+WHERE started_at >= ? AND routing_arm IN (SELECT unnest(?)) AND routing_rule IS NOT NULL
+  AND cost_usd IS NOT NULL
+GROUP BY routing_rule
+"""
 
 
 def canary_share(rule_id: str, key: str) -> float:
@@ -174,6 +187,19 @@ class ShadowSpend:
             self.day, self.spent = day, {}
         return self.spent
 
+    def resume(self, db: Path) -> None:
+        """Seed today's spend from the store. A store that cannot be read in time (missing,
+        locked, broken) leaves every rule at zero, logged: start-up never waits on it."""
+        spent = self._today()
+        midnight = datetime.fromisoformat(self.day).replace(tzinfo=UTC)
+        try:
+            with read_connection(db, SEED_TIMEOUT_S) as con:
+                stored = con.execute(_STORED_SPEND, [midnight, list(EVALUATION_ARMS)]).fetchall()
+        except Exception as exc:
+            log.error("shadow spend caps start from zero: cannot read today's spend from %s (%s)", db, exc)
+            return
+        spent.update(stored)
+
     def over(self, rule: Rule) -> bool:
         cap = rule.shadow_spend_cap_usd
         return cap is not None and self._today().get(rule.id, Decimal(0)) >= Decimal(str(cap))
@@ -192,10 +218,14 @@ class Router:
         upstreams: Mapping[str, Upstream],
         judge_model: str | None = None,
         noise_floor_fraction: float = 0.0,
+        stream_usage: StreamUsage | None = None,
     ) -> None:
         self.rules = RulesFile(rules_path)
         self.recorder = recorder
         self.upstream = UpstreamRewrite(upstreams)
+        #: The live calls' stream-usage injection, applied to copies too (they are copied
+        #: from the client's request, before it acts).
+        self.stream_usage = stream_usage or StreamUsage()
         self.judge_model = judge_model
         self.noise_floor_fraction = noise_floor_fraction
         self.spend = ShadowSpend()
@@ -224,11 +254,8 @@ class Router:
         keeps no bodies (the recorder's tee fills ``stream_body``; it is never stored then)."""
         plan: Plan | None = flow.metadata.get(_PLAN_KEY)
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
-        if not (plan and plan.copies and capture and capture.streamed and flow.response is not None):
-            return
-        is_sse = flow.response.headers.get("content-type", "").startswith("text/event-stream")
-        if is_sse and callable(flow.response.stream) and capture.stream_body is None:
-            capture.stream_body = bytearray()
+        if plan and plan.copies and capture:
+            _keep_stream_text(flow, capture)
 
     @_fail_open_async
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -340,6 +367,7 @@ class Router:
         capture.shadow_of = live.call_id
         if model != live.request.model and rewrite_model(copy.request, capture, model) is not None:
             return
+        self.stream_usage.request(copy)
         await self._send(copy)
         candidate = _output(capture, _answer(copy, capture)) if copy.response is not None else None
         if incumbent is not None and candidate is not None and capture.response.error is None:
@@ -409,7 +437,8 @@ class Router:
 
     async def _send(self, flow: http.HTTPFlow) -> None:
         """Send the flow's request through the configured upstream, feeding the answer to the
-        recorder's stream hooks as it arrives; on failure set ``flow.error``."""
+        recorder's stream hooks as it arrives (a stream keeps its text, to be compared or
+        read, whatever the capture mode); on failure set ``flow.error``."""
         wire = _new_flow(flow.request, CallMetadata())
         self.upstream.request(wire)
         request = wire.request
@@ -431,6 +460,8 @@ class Router:
                 response.timestamp_start = time.time()
                 flow.response = response
                 self.recorder.responseheaders(flow)
+                if (capture := flow.metadata.get(CAPTURE_KEY)) is not None:
+                    _keep_stream_text(flow, capture)
                 tee = response.stream if callable(response.stream) else None
                 body = bytearray()
                 async for chunk in answer.aiter_raw():
@@ -473,6 +504,18 @@ def _new_flow(request: http.Request, metadata: CallMetadata) -> http.HTTPFlow:
     flow.request.timestamp_start = time.time()
     flow.metadata[METADATA_KEY] = metadata
     return flow
+
+
+def _keep_stream_text(flow: http.HTTPFlow, capture: Capture) -> None:
+    """Have the recorder's stream tee keep an event stream's text (up to the recorder's
+    ``BODY_LIMIT``) when the capture mode keeps no bodies: the comparison needs it, and the
+    recorder never stores it in that mode."""
+    response = flow.response
+    if response is None or not capture.streamed or capture.stream_body is not None:
+        return
+    is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+    if is_sse and callable(response.stream):
+        capture.stream_body = bytearray()
 
 
 def _answer(flow: http.HTTPFlow, capture: Capture) -> Any:

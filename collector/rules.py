@@ -35,6 +35,9 @@ import yaml
 from collector.providers.base import FEATURES
 
 MODES = ("shadow", "canary", "enforce")
+#: ``routing_arm`` values of the calls llmtap itself makes to evaluate a model (shadow copies,
+#: copies to the incumbent for the noise floor, judge calls): shadow spend, not the app's.
+EVALUATION_ARMS = ("shadow", "noise_floor", "judge")
 STICKY = ("session", "user", "app")
 RULES_FILE = "rules.yaml"
 

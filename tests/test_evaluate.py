@@ -137,8 +137,11 @@ def test_copies_are_compared_with_the_stored_answers_and_the_key_is_stored_nowhe
             "gpt-4o-mini",
         )
         assert copy["original_model"] == "gpt-4o" and copy["cost_usd"] > 0 and copy["error"] is None
-    for sent, copy in zip(copies, (mcq, eggs), strict=True):  # the stored request, with the rule's model
-        assert json.loads(sent.body) == {**json.loads(copy["original_request"]), "model": "gpt-4o-mini"}
+    # The stored request with the rule's model; a stream asks for usage, as through the proxy.
+    stream_usage = ({}, {"stream_options": {"include_usage": True}})
+    for sent, copy, extra in zip(copies, (mcq, eggs), stream_usage, strict=True):
+        expected = {**json.loads(copy["original_request"]), "model": "gpt-4o-mini", **extra}
+        assert json.loads(sent.body) == expected
     assert MCQ in mcq["original_request"] and EGGS in eggs["original_request"]
     assert (mcq["comparison"], mcq["agreement"]) == ("exact", True)
     assert (eggs["comparison"], eggs["agreement"]) == ("final_number", False)

@@ -13,15 +13,21 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.conftest import running_proxy
-from tests.proxyproc import ProxyProcess
+from tests.proxyproc import ProxyProcess, free_port
 from tests.upstream import FakeUpstream, Received, Reply
 
 SECRET = "sk-routing-test-secret-123"
 SIGV4 = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250101/us-east-1/bedrock/aws4_request, Signature=abc"
 #: The fake upstream's answer per model; a model it does not list gets an HTTP 500.
-ANSWERS = {"gpt-4o": "The answer is (B).", "cheap-model": "B", "other-model": "Answer: C"}
+ANSWERS = {
+    "gpt-4o": "The answer is (B).",
+    "cheap-model": "B",
+    "other-model": "Answer: C",
+    "gpt-4o-mini": "B",  # a priced model: its copies cost something
+}
 WORKED = {
     "gpt-4o": "She sells 16 - 3 - 4 = 9 eggs for 9 * $2 = $18 a day.",
     "cheap-model": "16 - 7 = 9 eggs.\n9 * 2 = 18\n#### 18",
@@ -35,7 +41,13 @@ def chat_reply(received: Received) -> Reply:
     answers = WORKED if "eggs" in json.dumps(body["messages"]) else ANSWERS
     if model not in answers:
         return Reply.json({"error": {"message": f"model {model} is overloaded", "type": "server_error"}}, 500)
-    text = answers[model]
+    return answer(body, answers[model])
+
+
+def answer(body: dict, text: str) -> Reply:
+    """A chat completion saying ``text``, streamed if asked; a stream carries usage only when
+    the request asks for it, as OpenAI's does."""
+    model = body["model"]
     usage = {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}
     if body.get("stream"):
         chunks = [
@@ -44,7 +56,9 @@ def chat_reply(received: Received) -> Reply:
         chunks.append(
             {"id": "c1", "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         )
-        return Reply.sse([*chunks, {"id": "c1", "model": model, "choices": [], "usage": usage}, "[DONE]"])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({"id": "c1", "model": model, "choices": [], "usage": usage})
+        return Reply.sse([*chunks, "[DONE]"])
     message = {"role": "assistant", "content": text}
     return Reply.json(
         {
@@ -58,7 +72,7 @@ def chat_reply(received: Received) -> Reply:
 
 def rules_yaml(mode: str, to: str = "cheap-model", **extra: object) -> str:
     rule = {"id": f"{mode}-rule", "match": {"model": "gpt-4o"}, "to": to, "mode": mode, **extra}
-    return json.dumps({"version": 1, "rules": [rule]})  # JSON is YAML
+    return yaml.safe_dump({"version": 1, "rules": [rule]})
 
 
 @pytest.fixture
@@ -93,11 +107,16 @@ def ask(proxy: ProxyProcess, question: str = "Capital of France? A) Rome B) Pari
     return reply.choices[0].message.content
 
 
-def proxy_with(tmp_path: Path, fake: FakeUpstream, rules: str | None, *args: str):
+def proxy_with(tmp_path: Path, fake: FakeUpstream, rules: str | None, *args: str, config: str = ""):
+    """A proxy on a fresh data directory with ``rules`` as its rules file and ``config``
+    (TOML) as its config file."""
     data = tmp_path / "data"
     data.mkdir()
     if rules is not None:
         (data / "rules.yaml").write_text(rules)
+    if config:
+        (tmp_path / "llmtap.toml").write_text(config)
+        args = (*args, "--config", str(tmp_path / "llmtap.toml"))
     return running_proxy(data, fake, extra_args=list(args))
 
 
@@ -142,22 +161,32 @@ def test_candidate_error_is_retried_with_the_client_model(tmp_path, fake):
 
 
 @pytest.mark.parametrize(
-    ("question", "stream", "method", "agree"),
+    ("question", "stream", "capture", "method", "agree"),
     [
-        ("Capital of France? A) Rome B) Paris", False, "exact", True),
-        ("16 eggs, eats 3, bakes 4, sells at $2: how much?", True, "final_number", True),
+        ("Capital of France? A) Rome B) Paris", False, "full", "exact", True),
+        ("16 eggs, eats 3, bakes 4, sells at $2: how much?", True, "full", "final_number", True),
+        # No bodies are kept in this mode, yet both streams' texts are compared.
+        ("16 eggs, eats 3, bakes 4, sells at $2: how much?", True, "metadata", "final_number", True),
     ],
 )
 def test_shadow_copy_is_compared_and_recorded_without_secrets(
-    tmp_path, fake, question, stream, method, agree
+    tmp_path, fake, question, stream, capture, method, agree
 ):
-    with proxy_with(tmp_path, fake, rules_yaml("shadow", fraction=1.0)) as proxy:
-        answer = ask(proxy, question, stream=stream)
+    config = f'capture = "{capture}"\n'
+    with proxy_with(tmp_path, fake, rules_yaml("shadow", fraction=1.0), config=config) as proxy:
+        text = ask(proxy, question, stream=stream)
         live, shadow = proxy.rows(wait_for=2)
         bodies = proxy.rows("SELECT * FROM call_bodies")
-    assert answer == (WORKED if stream else ANSWERS)["gpt-4o"]
+    assert text == (WORKED if stream else ANSWERS)["gpt-4o"]
     assert [json.loads(r.body)["model"] for r in fake.received] == ["gpt-4o", "cheap-model"]
     assert all(r.headers["authorization"] == f"Bearer {SECRET}" for r in fake.received)
+    # The copy of a stream asks for usage as the live call does, so both rows have the
+    # provider's counts.
+    assert [json.loads(r.body).get("stream_options") for r in fake.received] == [
+        {"include_usage": True} if stream else None
+    ] * 2
+    assert (live["usage_source"], shadow["usage_source"]) == ("provider", "provider")
+    assert (shadow["input_tokens"], shadow["output_tokens"]) == (20, 5)
     assert (live["routing_arm"], live["request_model"], live["shadow_of"]) == ("live", "gpt-4o", None)
     assert (shadow["shadow_of"], shadow["routing_arm"], shadow["request_model"]) == (
         live["call_id"],
@@ -167,6 +196,68 @@ def test_shadow_copy_is_compared_and_recorded_without_secrets(
     assert (shadow["comparison"], shadow["agreement"]) == (method, agree)
     assert shadow["started_at"] >= live["ended_at"]  # the copy leaves after the live answer
     assert SECRET not in json.dumps([live, shadow, bodies], default=str)
+
+
+def test_shadow_spend_cap_holds_across_a_restart(tmp_path, fake):
+    """The cap is per UTC day: a restarted proxy counts what the day's copies already cost."""
+    rules = rules_yaml("shadow", to="gpt-4o-mini", fraction=1.0, shadow_spend_cap_usd=1e-9)
+    with proxy_with(tmp_path, fake, rules) as proxy:
+        ask(proxy)
+        _, shadow = proxy.rows(wait_for=2)
+        ask(proxy)  # over the cap: not copied
+        proxy.rows(wait_for=3)
+    assert shadow["cost_usd"] > 0
+    with running_proxy(proxy.data_dir, fake) as restarted:
+        ask(restarted)
+        rows = restarted.rows(wait_for=4)
+    assert [json.loads(r.body)["model"] for r in fake.received] == [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4o",
+        "gpt-4o",
+    ]
+    assert [r["routing_arm"] for r in rows] == ["live", "shadow", None, None]
+
+
+#: Free-text answers (compared by the judge) per model.
+PROSE = {
+    "gpt-4o": "Paris is the capital of France, on the Seine, known for the Louvre.",
+    "cheap-model": "The capital of France is Paris, a city on the Seine with the Louvre.",
+}
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "agree"),
+    [(["2", "SAME"], True), (["SAME", "2"], False)],
+    ids=["candidate-as-good-both-ways", "incumbent-better-when-second"],
+)
+def test_free_text_copy_is_judged_in_both_orders(tmp_path, fake, verdicts, agree):
+    pending = list(verdicts)
+
+    def reply(received: Received) -> Reply:
+        body = json.loads(received.body)
+        text = pending.pop(0) if body["model"] == "judge-model" else PROSE[body["model"]]
+        return answer(body, text)
+
+    fake.routes["/v1/chat/completions"] = reply
+    config = '[routing]\njudge_model = "judge-model"\n'
+    with proxy_with(tmp_path, fake, rules_yaml("shadow", fraction=1.0), config=config) as proxy:
+        assert ask(proxy, "Tell me about the capital of France.") == PROSE["gpt-4o"]
+        live, shadow, *judged = proxy.rows(wait_for=4)
+    prompts = [json.loads(r.body)["messages"][0]["content"] for r in fake.received[2:]]
+    assert [json.loads(r.body)["model"] for r in fake.received] == [
+        "gpt-4o",
+        "cheap-model",
+        "judge-model",
+        "judge-model",
+    ]
+    first, second = (prompt.index(PROSE["gpt-4o"]) < prompt.index(PROSE["cheap-model"]) for prompt in prompts)
+    assert (first, second) == (True, False)  # the incumbent shown first, then second
+    assert [(r["routing_arm"], r["shadow_of"], r["routing_rule"]) for r in judged] == [
+        ("judge", live["call_id"], "shadow-rule")
+    ] * 2
+    assert (shadow["comparison"], shadow["agreement"]) == ("judge", agree)
+    assert SECRET not in json.dumps([live, shadow, *judged], default=str)
 
 
 def test_shadow_disagreement_is_recorded(tmp_path, fake):
@@ -220,3 +311,22 @@ def test_signed_request_is_never_rewritten(tmp_path, fake):
         None,
     )
     assert (unsigned["request_model"], unsigned["routed_from_model"]) == ("cheap-model", "gpt-4o")
+
+
+def test_transport_failure_of_a_rewritten_call_is_not_retried(tmp_path):
+    """mitmproxy 12 answers the client with a 502 itself after the ``error`` hook, whatever
+    an addon sets there (see collector/routing.py), so the failure is recorded, not retried."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rules.yaml").write_text(rules_yaml("enforce"))
+    refused = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    proxy = ProxyProcess(data, {"api.openai.com": refused}).start()
+    try:
+        with pytest.raises(openai.InternalServerError) as failure:
+            ask(proxy)
+        (row,) = proxy.rows(wait_for=1)
+    finally:
+        assert proxy.stop() == 0, proxy.log.read_text()
+    assert failure.value.status_code == 502
+    assert (row["routing_arm"], row["request_model"], row["status_code"]) == ("enforce", "cheap-model", None)
+    assert row["error"]
