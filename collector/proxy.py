@@ -79,6 +79,7 @@ class LlmtapProxy:
             self.registry, self.spool, self.spans, PriceBook(settings.prices), settings.capture
         )
         self.budgets = Budgets(settings.budgets, paths.budget_alerts) if settings.budgets else None
+        self.stream_usage = StreamUsage(settings.stream_usage)
         routing = settings.routing
         self.router = Router(
             routing.rules or paths.data_dir / RULES_FILE,
@@ -86,6 +87,7 @@ class LlmtapProxy:
             settings.upstreams,
             routing.judge_model,
             routing.noise_floor_fraction,
+            self.stream_usage,
         )
         self.master: DumpMaster | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -126,7 +128,7 @@ class LlmtapProxy:
             self.recorder,
             *([self.budgets] if self.budgets is not None else []),
             self.router,  # after budgets: a call a budget blocked or downgraded is not routed
-            StreamUsage(self.settings.stream_usage),
+            self.stream_usage,
             UpstreamRewrite(self.settings.upstreams),
             _Ready(master, ready),
         )
@@ -134,9 +136,11 @@ class LlmtapProxy:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, master.shutdown)
+        # Calls a killed proxy left in the spool count towards budgets and shadow spend caps.
+        self.ingester.run_once()
         if self.budgets is not None:
-            self.ingester.run_once()  # calls a killed proxy left in the spool count towards budgets
             self.budgets.resume(self.settings.paths.db)
+        self.router.spend.resume(self.settings.paths.db)
         self.ingester.start()
         # What start-up loaded (price catalogue, modules, providers) lives as long as the proxy:
         # kept out of the collector, every collection while serving scans far fewer objects.
