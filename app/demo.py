@@ -147,6 +147,8 @@ SHADOW_RULE = Rule(
 JUDGE_MODEL = "gpt-4.1-mini"
 #: The all-traffic budget that only alerts, as a share of the demo's whole expected spend.
 TOTAL_SHARE = 0.7
+#: The smallest budget limit the demo writes (four places, as it writes them).
+MIN_LIMIT_USD = Decimal("0.0001")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,13 +219,20 @@ def expected_cost(call: PlannedCall, book: PriceBook, now: datetime) -> Decimal:
     return (tokens_in * rates.input + output * (rates.output or 0)) / 1_000_000
 
 
+def budget_limit(expected_usd: Decimal, share: float) -> str:
+    """``share`` of an expected spend as a budget's ``limit_usd``: at least
+    :data:`MIN_LIMIT_USD`, since the config wants a positive amount and a short demo may
+    expect next to nothing of an app."""
+    return f"{max(expected_usd * Decimal(str(share)), MIN_LIMIT_USD):.4f}"
+
+
 def budgets_toml(plan: list[PlannedCall]) -> str:
     """The demo's config: budgets sized from the plan's expected spend so that the traffic
     crosses them (one app blocked, one app's users downgraded, an all-traffic alert), and
     the judge model for the shadow rule."""
     book = PriceBook()
     now = datetime.now(UTC)
-    spend: Counter[str] = Counter()
+    spend = dict.fromkeys((app.name for app in APPS), Decimal(0))  # an app may have no call in a short plan
     for call in plan:
         spend[call.app] += expected_cost(call, book, now)
     per_user = spend[DOWNGRADED_APP] / next(a.users for a in APPS if a.name == DOWNGRADED_APP)
@@ -232,20 +241,20 @@ def budgets_toml(plan: list[PlannedCall]) -> str:
 
 [budgets."{BLOCKED_APP}-daily"]
 app = "{BLOCKED_APP}"
-limit_usd = {spend[BLOCKED_APP] * Decimal(BLOCKED_SHARE):.4f}
+limit_usd = {budget_limit(spend[BLOCKED_APP], BLOCKED_SHARE)}
 period = "day"
 action = "block"
 
 [budgets."{DOWNGRADED_APP}-per-user"]
 app = "{DOWNGRADED_APP}"
 per = "user"
-limit_usd = {per_user * Decimal(DOWNGRADED_SHARE):.4f}
+limit_usd = {budget_limit(per_user, DOWNGRADED_SHARE)}
 period = "day"
 action = "downgrade"
 downgrade_to = {{"gpt-4o" = "gpt-4o-mini"}}
 
 [budgets."all-apps-daily"]
-limit_usd = {sum(spend.values()) * Decimal(TOTAL_SHARE):.4f}
+limit_usd = {budget_limit(sum(spend.values()), TOTAL_SHARE)}
 period = "day"
 alerts = [0.5, 0.8]
 

@@ -104,13 +104,18 @@ def store(demo_data: Path) -> dict[str, float]:
     return {"calls": calls, "input_tokens": input_tokens, "cost": cost, "blocked": blocked}
 
 
+#: Bound on a page's first render: a new dashboard server imports the app's modules then, which
+#: on a busy 2-core machine has taken over 30 s.
+OPEN_WAIT_MS = 60_000
+
+
 def open_page(browser, url: str, path: str, title: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(f"{url}/{path}")
-    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=30_000)
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=OPEN_WAIT_MS)
     # The script has finished once Streamlit's status widget ("Running...") is gone.
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=OPEN_WAIT_MS
     )
     return page
 

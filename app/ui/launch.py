@@ -7,6 +7,7 @@ Shared by ``llmtap ui`` and anything else that opens the dashboard on a data dir
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,9 @@ CONFIG_ENV = "LLMTAP_CONFIG"
 def check_port(host: str, port: int) -> None:
     """OSError with a clear message when ``host:port`` cannot be listened on (busy)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the dashboard's server does: else the TIME_WAIT connections a just-stopped
+        # dashboard leaves for a minute read as busy, while a listening server still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -46,7 +50,7 @@ def command(host: str, port: int) -> list[str]:
 
 
 def serve(data_dir: Path, config: Path | None, host: str = "127.0.0.1", port: int = 8501) -> int:
-    """Run the dashboard in the foreground until it exits or Ctrl-C; its exit code."""
+    """Run the dashboard in the foreground until it exits, Ctrl-C or SIGTERM; its exit code."""
     check_port(host, port)
     env = {**os.environ, "LLMTAP_DATA_DIR": str(data_dir)}
     env.pop(CONFIG_ENV, None)
@@ -54,6 +58,8 @@ def serve(data_dir: Path, config: Path | None, host: str = "127.0.0.1", port: in
         env[CONFIG_ENV] = str(config.expanduser().resolve())
     print(f"llmtap dashboard on http://{host}:{port} (store: {data_dir}); Ctrl-C stops it", flush=True)
     child = subprocess.Popen(command(host, port), env=env, stdout=subprocess.DEVNULL)
+    # A SIGTERM (a service manager, a test) stops the dashboard too instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: child.terminate())
     try:
         return child.wait()
     except KeyboardInterrupt:
