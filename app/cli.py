@@ -10,7 +10,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from app.report import FORMATS as REPORT_FORMATS
@@ -295,7 +294,7 @@ def _free_port(host: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from collector.proxy import LlmtapProxy
+    from collector.proxy import ProxyStartError, serving_in_background
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -305,37 +304,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     port = args.port if args.port is not None else _free_port(args.host)
-    proxy = LlmtapProxy(_settings(args, port))
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            asyncio.run(proxy.serve())
-        except BaseException as exc:
-            failure.append(exc)
-            proxy.ready.set()
-
-    thread = threading.Thread(target=serve, name="llmtap-proxy", daemon=True)
-    thread.start()
-    proxy.ready.wait()
-    if failure or proxy.listening is None:
-        print(
-            f"llmtap: error: proxy did not start: {failure[0] if failure else 'unknown'}",
-            file=sys.stderr,
-        )
-        return 1
-    env = {**os.environ, **client_env(proxy.listening.url, proxy.ca_bundle)}
     try:
-        code = subprocess.call(cmd, env=env)
-    except FileNotFoundError:
-        print(f"llmtap: error: command not found: {shlex.join(cmd[:1])}", file=sys.stderr)
-        code = 127
-    except KeyboardInterrupt:
-        code = 130
-    proxy.shutdown()
-    thread.join()
-    proxy.close()
-    return code
+        with serving_in_background(_settings(args, port)) as proxy:
+            assert proxy.listening is not None
+            env = {**os.environ, **client_env(proxy.listening.url, proxy.ca_bundle)}
+            try:
+                return subprocess.call(cmd, env=env)
+            except FileNotFoundError:
+                print(f"llmtap: error: command not found: {shlex.join(cmd[:1])}", file=sys.stderr)
+                return 127
+            except KeyboardInterrupt:
+                return 130
+    except ProxyStartError as exc:
+        print(f"llmtap: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -435,6 +417,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
+    from collector.proxy import ProxyStartError
 
     try:
         return run_demo(
@@ -444,7 +427,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             args.port,
             not args.no_ui,
         )
-    except OSError as exc:
+    except (OSError, ProxyStartError) as exc:
         print(f"llmtap: error: {exc}", file=sys.stderr)
         return 1
 

@@ -14,13 +14,11 @@ one app is blocked and one is downgraded.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
 import shutil
 import ssl
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -37,9 +35,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.demo_provider import CHARS_PER_TOKEN, MODELS, WORDS, DemoProvider
 from collector.certs import client_env
-from collector.config import Settings, load_settings
+from collector.config import load_settings
 from collector.pricing import PriceBook
-from collector.proxy import LlmtapProxy
+from collector.proxy import serving_in_background
 from collector.rules import RULES_FILE, Match, Rule, dump_rules
 
 DEFAULT_DATA_DIR = Path("~/.llmtap-demo")
@@ -401,7 +399,7 @@ def record(data_dir: Path | None, calls: int, concurrency: int, console: Console
             listen_port=0,
             upstream_flags=[f"{host}={provider.url}" for host in PROVIDER_HOSTS],
         )
-        with background_proxy(settings) as proxy:
+        with serving_in_background(settings) as proxy:
             assert proxy.listening is not None
             clients = Clients(proxy.listening.url, proxy.ca_bundle)
             try:
@@ -409,34 +407,6 @@ def record(data_dir: Path | None, calls: int, concurrency: int, console: Console
             finally:
                 clients.close()
     return DemoResult(target, outcomes, (datetime.now(UTC) - started).total_seconds())
-
-
-@contextmanager
-def background_proxy(settings: Settings) -> Iterator[LlmtapProxy]:
-    """A proxy serving on a background thread; on exit it stops and stores every call
-    (raising if some could not be stored)."""
-    proxy = LlmtapProxy(settings)
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            asyncio.run(proxy.serve())
-        except BaseException as exc:  # reported by the caller's thread below
-            failure.append(exc)
-            proxy.ready.set()
-
-    thread = threading.Thread(target=serve, name="llmtap-demo-proxy", daemon=True)
-    thread.start()
-    proxy.ready.wait()
-    if failure or proxy.listening is None:
-        raise RuntimeError(f"the demo's proxy did not start: {failure[0] if failure else 'unknown'}")
-    try:
-        yield proxy
-    finally:
-        proxy.shutdown()
-        thread.join()
-        if not proxy.close():
-            raise RuntimeError(f"some demo calls could not be stored; they wait in {settings.paths.spool}")
 
 
 class ConsoleLog(logging.Handler):

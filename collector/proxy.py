@@ -13,7 +13,8 @@ import logging
 import re
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,39 @@ class LlmtapProxy:
                 self.settings.paths.spool,
             )
         return saved
+
+
+class ProxyStartError(RuntimeError):
+    """The proxy could not start (e.g. its port is taken); the message says why."""
+
+
+@contextmanager
+def serving_in_background(settings: Settings) -> Iterator[LlmtapProxy]:
+    """A proxy serving on a background thread of this process, for commands that drive
+    traffic themselves (``llmtap run``, ``llmtap demo``). Raises ProxyStartError if it does
+    not start. On exit it stops and stores every call; calls it could not store stay in the
+    spool and :meth:`LlmtapProxy.close` logs why."""
+    proxy = LlmtapProxy(settings)
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(proxy.serve())
+        except BaseException as exc:  # raised on the caller's thread below
+            failure.append(exc)
+            proxy.ready.set()
+
+    thread = threading.Thread(target=serve, name="llmtap-proxy", daemon=True)
+    thread.start()
+    proxy.ready.wait()
+    if failure or proxy.listening is None:
+        raise ProxyStartError(f"proxy did not start: {failure[0] if failure else 'unknown'}")
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        thread.join()
+        proxy.close()
 
 
 def _ignore_cancelled(loop: asyncio.AbstractEventLoop, context: dict) -> None:
