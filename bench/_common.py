@@ -141,34 +141,22 @@ def log(msg: str) -> None:
 # -- process memory -----------------------------------------------------------------------
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) in bytes, from /proc: of ``pid`` plus its live child
-    processes (llmtap's spool loader runs in one), so that memory moved there still counts."""
-    out = {"VmRSS": 0, "VmHWM": 0}
+def rss(pid: int) -> int:
+    """Resident memory (VmRSS, bytes) of ``pid`` plus its live child processes (llmtap's spool
+    loader runs in one), so that memory moved there still counts."""
+    total = 0
     for proc in (str(pid), *child_pids(pid)):
         with contextlib.suppress(FileNotFoundError):  # a child may exit meanwhile
             for line in Path(f"/proc/{proc}/status").read_text().splitlines():
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    name, value = line.split(":", 1)
-                    out[name] += int(value.split()[0]) * 1024
-    return out
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
 
 
 def child_pids(pid: int) -> list[str]:
     """The live child processes of ``pid`` (of all its threads)."""
     tasks = Path(f"/proc/{pid}/task").iterdir()
     return [child for task in tasks for child in (task / "children").read_text().split()]
-
-
-def rss_mb(pid: int) -> float:
-    return proc_status(pid)["VmRSS"] / 2**20
-
-
-def reset_peak_rss(pid: int) -> None:
-    """Reset VmHWM of ``pid`` and its children (Linux: writing 5 to clear_refs)."""
-    for proc in (str(pid), *child_pids(pid)):
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{proc}/clear_refs").write_text("5")
 
 
 # -- processes ----------------------------------------------------------------------------

@@ -13,7 +13,8 @@ whose every chat completion carries a unique id, with an ``HTTPS_PROXY``-style c
    last fifth against the middle fifth) is extended linearly to 100,000 calls (the number
    of calls actually made is stated).
 2. **100 MB stream, capture=full**: one streamed chat completion of ~100 MB (1,600 SSE
-   events of 64 KiB) through the same proxy; RSS before, peak while streaming, and after.
+   events of 64 KiB) through the same proxy; RSS before, peak (sampled every 20 ms while
+   streaming and while the row is stored), and after.
    ``full`` keeps at most 8 MiB of a body, which the stored row must show.
 3. **kill -9 mid-run**: load again; the proxy is killed with SIGKILL halfway and restarted
    on the same port and data directory while the client keeps retrying; after a clean
@@ -41,8 +42,7 @@ from _common import (
     finish_client,
     log,
     machine_line,
-    proc_status,
-    reset_peak_rss,
+    rss,
     run_load,
     run_streams,
     start_load,
@@ -90,7 +90,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append(proc_status(self.pid)["VmRSS"])
+                self.samples.append(rss(self.pid))
             except (OSError, KeyError):
                 return
             self._stop.wait(self.interval)
@@ -111,13 +111,16 @@ class RssSampler:
 def settle_rss(pid: int, seconds: float = 2.0) -> int:
     """RSS after the ingester had time to load what is pending."""
     time.sleep(seconds)
-    return proc_status(pid)["VmRSS"]
+    return rss(pid)
 
 
 def big_stream(proxy: Proc, bundle: Path) -> dict:
-    """One ~100 MB streamed call through ``proxy``; RSS before, peak during, after."""
+    """One ~100 MB streamed call through ``proxy``; RSS before, peak during, after.
+
+    The peak is the largest sum of the proxy's and its loader child's RSS, sampled every
+    20 ms through the stream and the settling after it (when the loader stores the row):
+    the two processes peak at different moments, so adding their VmHWM would overstate it."""
     before = settle_rss(proxy.pid, 1.0)
-    reset_peak_rss(proxy.pid)
     started = time.monotonic()
     with RssSampler(proxy.pid) as sampler:
         r = run_streams(
@@ -131,14 +134,13 @@ def big_stream(proxy: Proc, bundle: Path) -> dict:
             event_bytes=STREAM_EVENT_BYTES,
             keep_times=False,
         )
-    seconds = time.monotonic() - started
-    hwm = proc_status(proxy.pid).get("VmHWM", 0)
-    after = settle_rss(proxy.pid)
+        seconds = time.monotonic() - started
+        after = settle_rss(proxy.pid)
     return {
         "bytes": r["bytes"],
         "seconds": seconds,
         "before": before,
-        "peak": max(sampler.peak, hwm),
+        "peak": sampler.peak,
         "after": after,
     }
 
@@ -162,13 +164,13 @@ def median(values: list[int]) -> float:
 
 def sustained(bench: Bench, proxy: Proc, bundle: Path, duration: float, db: Path) -> dict:
     ids_file = bench.tmp / "ids-sustained.txt"
-    start_rss = proc_status(proxy.pid)["VmRSS"]
+    start_rss = rss(proxy.pid)
     samples: list[tuple[int, int]] = []  # (calls so far, RSS), once a second
     client = start_load("https", proxy.port, CONNS, duration, 0.0, ca=bundle, ids_out=ids_file, progress=True)
     assert client.stderr is not None
     for line in client.stderr:
         if line.startswith("progress "):
-            samples.append((int(line.split()[1]), proc_status(proxy.pid)["VmRSS"]))
+            samples.append((int(line.split()[1]), rss(proxy.pid)))
     client.stderr = None  # read to the end above
     result = finish_client(client, 60)
     load_end = time.monotonic()
@@ -265,7 +267,7 @@ def main() -> None:
         meta_data = bench.tmp / "data-metadata"
         shutil.copytree(data / "ca", meta_data / "ca")  # the same CA, so the client trusts both
         meta_proxy = bench.llmtap(meta_data, up_url, config='capture = "metadata"\n')
-        meta_start = proc_status(meta_proxy.pid)["VmRSS"]
+        meta_start = rss(meta_proxy.pid)
         warm = run_load("https", meta_proxy.port, CONNS, 5.0, 0.0, ca=bundle)
         if warm["errors"]:
             log(f"warning: {warm['errors']} client errors in the warm-up load")

@@ -3,10 +3,10 @@ proxy's GIL.
 
 A DuckDB batch (open, load, checkpoint, close) takes 50-80 ms of CPU; in a thread of the
 proxy it held the GIL in stretches of 8-12 ms, which the event loop felt as latency on
-every call in flight. Here the proxy only seals the active spool file every ``interval``
-seconds (a close and a rename, on a small thread) and writes one byte down a pipe; the
-child (``python -m collector.ingest_worker SPOOL DB``) loads every sealed file when the
-byte arrives. Nudges that pile up while a batch loads are read at once, so batches grow
+every call in flight. Here the proxy only seals the active spool file every 0.5 s (2 s
+while traffic is heavy; a close and a rename, on a small thread) and writes one byte down
+a pipe; the child (``python -m collector.ingest_worker SPOOL DB``) loads every sealed file
+when the byte arrives. Nudges that pile up while a batch loads are read at once, so batches grow
 with load instead of queueing.
 
 Durability does not change: a call is durable once its spool line is written (by the
@@ -36,15 +36,24 @@ log = logging.getLogger("llmtap.ingest")
 
 #: Seconds between seals of the active spool file: how stale the store may be.
 INTERVAL_S = 0.5
+#: Seconds between seals while traffic is heavy (the last sealed file held this many bytes,
+#: ~80 calls with capture=full). Each load costs the child ~40-80 ms of CPU however few
+#: rows it holds (open, load, checkpoint on close), so bigger batches make it cheap per call.
+BUSY_INTERVAL_S = 2.0
+BUSY_BATCH_BYTES = 256 * 1024
+#: The child exits (with RECYCLE_EXIT) after a batch that left it this much larger than its
+#: first batch did, and the proxy starts a fresh one: DuckDB's and the allocator's working set grows
+#: with batch size and is not handed back, so a long-lived loader would keep its peak.
+RECYCLE_GROWTH_BYTES = 24 * 1024 * 1024
+RECYCLE_EXIT = 3
 
 
 class IngestWorker:
     """The proxy's side: seals the spool on a timer and keeps the loading child running."""
 
-    def __init__(self, spool: Spool, db_path: Path, interval: float = INTERVAL_S) -> None:
+    def __init__(self, spool: Spool, db_path: Path) -> None:
         self.spool = spool
         self.db_path = db_path
-        self.interval = interval
         self.ingester = Ingester(spool, db_path)
         self._child: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -64,14 +73,21 @@ class IngestWorker:
         self._child = subprocess.Popen(cmd, stdin=subprocess.PIPE, start_new_session=True, env=_child_env())
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.spool.seal() is not None:
-                self._nudge()
+        delay = INTERVAL_S
+        while not self._stop.wait(delay):
+            sealed = self.spool.seal()
+            if sealed is None:
+                delay = INTERVAL_S
+                continue
+            # Sized before the nudge: the child deletes the file once it is loaded.
+            delay = BUSY_INTERVAL_S if sealed.stat().st_size >= BUSY_BATCH_BYTES else INTERVAL_S
+            self._nudge()
 
     def _nudge(self) -> None:
         child = self._child
         if child is None or child.poll() is not None:
-            log.error("the spool loader exited (code %s); starting a new one", child and child.returncode)
+            if child is not None and child.returncode != RECYCLE_EXIT:
+                log.error("the spool loader exited (code %s); starting a new one", child.returncode)
             self._spawn()
             child = self._child
         assert child is not None and child.stdin is not None
@@ -109,16 +125,34 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
-def serve(ingester: Ingester, nudges: int) -> bool:
+def serve(ingester: Ingester, nudges: int) -> int:
     """Load on every nudge read from the file descriptor ``nudges`` until it closes, then load
-    what is left. While the store fails, retry on a growing delay as well."""
+    what is left (exit code 0, or 1 if something is still unsaved). While the store fails,
+    retry on a growing delay as well. After a batch that left this process much larger than
+    after its first one (DuckDB's fixed cost included), return RECYCLE_EXIT so that the proxy
+    starts a fresh loader."""
+    baseline: int | None = None
     delay: float | None = None if ingester.run_once() else 0.5
     while True:
         readable, _, _ = select.select([nudges], [], [], delay)
         if readable and not os.read(nudges, 65536):
             break  # the proxy stopped (or died)
         delay = None if ingester.run_once() else min((delay or 0.25) * 2, MAX_RETRY_S)
-    return ingester.drain(timeout=10.0)
+        if delay is None:
+            resident = _resident_bytes()
+            baseline = resident if baseline is None else baseline
+            if resident - baseline > RECYCLE_GROWTH_BYTES:
+                return RECYCLE_EXIT
+    return 0 if ingester.drain(timeout=10.0) else 1
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux); 0 where /proc is missing, so no recycling."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("db", type=Path, help="the DuckDB file (DATA_DIR/llmtap.duckdb)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="llmtap: %(levelname)s %(message)s", stream=sys.stderr)
-    saved = serve(Ingester(Spool(args.spool), args.db), sys.stdin.fileno())
-    return 0 if saved else 1
+    return serve(Ingester(Spool(args.spool), args.db), sys.stdin.fileno())
 
 
 if __name__ == "__main__":

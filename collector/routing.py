@@ -196,7 +196,8 @@ class ShadowSpend:
             with read_connection(db, SEED_TIMEOUT_S) as con:
                 stored = con.execute(_STORED_SPEND, [midnight, list(EVALUATION_ARMS)]).fetchall()
         except Exception as exc:
-            log.error("shadow spend caps start from zero: cannot read today's spend from %s (%s)", db, exc)
+            # A warning: mitmproxy stops if an error is logged while it starts.
+            log.warning("shadow spend caps start from zero: cannot read today's spend from %s (%s)", db, exc)
             return
         spent.update(stored)
 

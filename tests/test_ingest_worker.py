@@ -3,6 +3,7 @@ finishes its work when the proxy goes away."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
@@ -67,3 +68,31 @@ def test_loader_stores_what_a_killed_proxy_sealed_and_exits(tmp_path, upstream):
         time.sleep(0.1)
     assert not Path(f"/proc/{loader}").exists(), "the loader outlived its proxy"
     assert len(proxy.rows(wait_for=3)) == 3
+
+
+def test_a_loader_that_grew_exits_for_a_fresh_one_after_loading(tmp_path, monkeypatch):
+    """With any growth counting as too much, the loader loads the sealed file, then asks to be
+    replaced; what it loaded is in the store exactly once."""
+    from collector import ingest_worker
+    from collector.spool import Spool
+    from collector.store import Ingester, read_connection
+
+    spool = Spool(tmp_path / "spool")
+    db = tmp_path / "llmtap.duckdb"
+    ingester = Ingester(spool, db)
+    ingester.run_once()  # creates the store before the loader measures its starting size
+    spool.append(
+        json.dumps({"call_id": "c1", "provider": "openai", "span": None, "body": None}).encode() + b"\n"
+    )
+    spool.seal()
+    monkeypatch.setattr(ingest_worker, "RECYCLE_GROWTH_BYTES", -1)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b".")  # the first batch sets the baseline
+    os.write(write_end, b".")
+    try:
+        assert ingest_worker.serve(ingester, read_end) == ingest_worker.RECYCLE_EXIT
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with read_connection(db) as con:
+        assert con.execute("SELECT call_id FROM llm_calls").fetchall() == [("c1",)]
