@@ -464,6 +464,12 @@ def _full_row(call: tuple) -> dict:
         "provider_cost_usd": reported,
         "request_features": ["tools"],
         "max_output_tokens": 1024,
+        "routing_rule": "rule-1",
+        "routing_arm": "canary",
+        "shadow_of": None,
+        "retry_of": None,
+        "comparison": None,
+        "agreement": None,
     }
 
 
