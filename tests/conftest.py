@@ -26,7 +26,12 @@ def running_proxy(
     """A real llmtap proxy (subprocess) sending ``upstream_hosts`` (default: the OpenAI and
     Anthropic hosts) to ``upstream``; on exit it must stop cleanly (exit 0)."""
     proc = ProxyProcess(data_dir, dict.fromkeys(upstream_hosts, upstream.url), **kw).start()
-    yield proc
+    try:
+        yield proc
+    except BaseException:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.stop()  # a failing test must not leave its proxy running
+        raise
     if proc.proc is not None and proc.proc.poll() is None:
         assert proc.stop() == 0, proc.log.read_text()
 
