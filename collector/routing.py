@@ -46,7 +46,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -120,21 +120,6 @@ class Plan:
     copies: tuple[tuple[str, str], ...] = ()
     #: canary/enforce: the call was rewritten, so an error answer is retried.
     retry: bool = False
-
-
-def _fail_open_async[F: Callable[..., Awaitable[Any]]](hook: F) -> F:
-    """:func:`collector.failopen.fail_open` for coroutine hooks."""
-
-    @functools.wraps(hook)
-    async def guarded(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await hook(*args, **kwargs)
-        except Exception:
-            failures[hook.__qualname__] += 1
-            log.exception("llmtap internal error in %s; traffic unaffected", hook.__qualname__)
-            return None
-
-    return guarded  # type: ignore[return-value]
 
 
 class RulesFile:
@@ -258,7 +243,7 @@ class Router:
         if plan and plan.copies and capture:
             _keep_stream_text(flow, capture)
 
-    @_fail_open_async
+    @fail_open
     async def response(self, flow: http.HTTPFlow) -> None:
         plan: Plan | None = flow.metadata.get(_PLAN_KEY)
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
