@@ -26,10 +26,13 @@ llmtap records every LLM API call an app makes (model, tokens, latency, cost) th
 local intercepting proxy, with no change to the app. Records go to DATA_DIR/llmtap.duckdb.
 
 quick start:
+  llmtap demo                          # see it work: fake provider, real proxy, dashboard
   llmtap proxy &                       # start the proxy on 127.0.0.1:8080
   eval "$(llmtap env)"                 # point this shell's apps at it
   llmtap run -- python my_app.py       # or run one command through its own proxy
   llmtap report                        # what was called, and what it cost
+  llmtap ui                            # the dashboard
+  llmtap recommend                     # cheaper models the traffic proves safe
 """
 
 
