@@ -276,8 +276,9 @@ def hook_timings(tmp: Path, n: int = 3000) -> list[tuple[str, float]]:
     addons: list = []
 
     class FakeAddons:
-        def add(self, *more) -> None:
-            addons.extend(more)
+        def add(self, *more) -> None:  # llmtap's addons come as one Pipeline: time each stage
+            for addon in more:
+                addons.extend(getattr(addon, "stages", (addon,)))
 
     class FakeMaster:  # stands in for DumpMaster so that serve() only builds its addons
         def __init__(self, opts, **_kw) -> None:

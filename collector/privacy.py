@@ -28,6 +28,7 @@ SECRET_HEADERS = frozenset(
         "x-amz-security-token",
     }
 )
+_SECRET_HEADER_NAMES = frozenset(name.encode() for name in SECRET_HEADERS)
 SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "api-key", "access_token", "token", "sig"})
 MASK = "[REDACTED]"
 #: Shorter values are not cut out of bodies: they would match ordinary text.
@@ -57,21 +58,25 @@ def clean_path(path: str) -> str:
     return f"{base}?{urlencode(kept)}" if kept else base
 
 
-def secret_values(headers: Iterable[tuple[str, str]], path: str) -> list[str]:
-    """Every secret value a request carries, to be cut out of anything stored."""
+def secret_values(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[str]:
+    """Every secret value a request carries, to be cut out of anything stored. ``fields`` are
+    the raw ``(name, value)`` header pairs (``request.data.headers.fields``): every call
+    goes through here, and only the few secret headers are worth decoding."""
     found: list[str] = []
-    for name, value in headers:
-        if name.lower() not in SECRET_HEADERS or not value:
+    for name, raw in fields:
+        if not raw or name.lower() not in _SECRET_HEADER_NAMES:
             continue
+        value = raw.decode("utf-8", "surrogateescape")
         found.append(value)
         _, _, token = value.partition(" ")  # "Bearer <key>", "Basic <b64>"
         found.append(token)
         for pair in value.split(";"):  # "a=<secret>; b=<secret>" in cookies
             found.append(pair.partition("=")[2].strip())
-    _, _, query = path.partition("?")
-    for key, value in parse_qsl(query):
-        if key.lower() in SECRET_QUERY_KEYS:
-            found.append(value)
+    _, query_sep, query = path.partition("?")
+    if query_sep:
+        for key, value in parse_qsl(query):
+            if key.lower() in SECRET_QUERY_KEYS:
+                found.append(value)
     return sorted({v for v in found if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
 
 

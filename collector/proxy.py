@@ -26,6 +26,7 @@ from collector.certs import ensure_ca
 from collector.config import Settings
 from collector.ingest_worker import IngestWorker
 from collector.metadata import MetadataHeaders
+from collector.pipeline import Pipeline
 from collector.pricing import PriceBook
 from collector.providers import ProviderRegistry
 from collector.recorder import Recorder
@@ -125,13 +126,15 @@ class LlmtapProxy:
         # Order matters: budgets need the recorder's capture, and must act before the request
         # is prepared for upstream (a blocked call never leaves).
         master.addons.add(
-            MetadataHeaders(self.settings.default_app),
-            self.recorder,
-            *([self.budgets] if self.budgets is not None else []),
-            self.router,  # after budgets: a call a budget blocked or downgraded is not routed
-            self.stream_usage,
-            UpstreamRewrite(self.settings.upstreams),
-            _Ready(master, ready),
+            Pipeline(
+                MetadataHeaders(self.settings.default_app),
+                self.recorder,
+                *([self.budgets] if self.budgets is not None else []),
+                self.router,  # after budgets: a call a budget blocked or downgraded is not routed
+                self.stream_usage,
+                UpstreamRewrite(self.settings.upstreams),
+                _Ready(master, ready),
+            )
         )
         self.loop.set_exception_handler(_ignore_cancelled)
         if threading.current_thread() is threading.main_thread():

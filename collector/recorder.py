@@ -176,7 +176,7 @@ class Recorder:
             started=req.timestamp_start,
             metadata=flow.metadata.get(METADATA_KEY) or CallMetadata(),
             traceparent=first_header(req, b"traceparent"),
-            secrets=privacy.secret_values(req.headers.items(multi=True), req.path),
+            secrets=privacy.secret_values(req.data.headers.fields, req.path),
         )
         capture.request_body = req.content or b""
         body = json_or_none(capture.request_body)

@@ -46,7 +46,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -244,11 +244,18 @@ class Router:
             _keep_stream_text(flow, capture)
 
     @fail_open
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A plain hook that returns a coroutine only for a call a rule acted on: the calls
+        no rule touches (most) then cost mitmproxy no coroutine to run and await."""
         plan: Plan | None = flow.metadata.get(_PLAN_KEY)
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if plan is None or capture is None or flow.response is None:
-            return
+            return None
+        return self._after_response(flow, capture, plan)
+
+    @fail_open
+    async def _after_response(self, flow: http.HTTPFlow, capture: Capture, plan: Plan) -> None:
+        assert flow.response is not None
         if plan.retry and flow.response.status_code >= 400 and not capture.streamed:
             await self._retry(flow, capture, plan)
         elif plan.copies and flow.response.status_code < 400 and capture.response.error is None:

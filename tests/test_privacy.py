@@ -412,12 +412,12 @@ def test_clean_path(path, expected):
 
 def test_secret_values():
     headers = [
-        ("Authorization", "Bearer tok-abcdefgh1234"),
-        ("X-Api-Key", "xkey-123456"),
-        ("api-key", "azure-987654"),
-        ("x-goog-api-key", "AIzaGoog"),
-        ("Content-Type", "application/json"),
-        ("X-Llmtap-App", "billing"),
+        (b"Authorization", b"Bearer tok-abcdefgh1234"),
+        (b"X-Api-Key", b"xkey-123456"),
+        (b"api-key", b"azure-987654"),
+        (b"x-goog-api-key", b"AIzaGoog"),
+        (b"Content-Type", b"application/json"),
+        (b"X-Llmtap-App", b"billing"),
     ]
     found = privacy.secret_values(headers, "/v1/x?alt=sse&key=qkey-5555&token=ab")
     assert set(found) == {
@@ -430,11 +430,11 @@ def test_secret_values():
     }
     # longest first, so a value containing another is cut out whole
     assert [len(v) for v in found] == sorted((len(v) for v in found), reverse=True)
-    assert privacy.secret_values([("accept", "x")], "/v1/x") == []
+    assert privacy.secret_values([(b"accept", b"x")], "/v1/x") == []
 
 
 def test_secret_values_cover_cookie_values():
-    found = privacy.secret_values([("Cookie", "session=ck-abcdef123456")], "/v1/x")
+    found = privacy.secret_values([(b"Cookie", b"session=ck-abcdef123456")], "/v1/x")
     text = privacy.stored_body(b"cookie was ck-abcdef123456", "full", found)
     assert "ck-abcdef123456" not in (text or "")
 
