@@ -45,8 +45,9 @@ from collector.config import Settings
 from collector.metadata import CallMetadata
 from collector.pricing import PriceBook
 from collector.providers import ProviderRegistry
-from collector.recorder import Capture, Recorder, json_or_none
+from collector.recorder import Capture, Recorder
 from collector.routing import Router, read_answer, rule_for
+from collector.rows import json_or_none
 from collector.rules import RULES_FILE, Rule, load_rules
 from collector.spans import SpanRecorder
 from collector.spool import Spool
@@ -189,7 +190,7 @@ def evaluate(
     started = datetime.now(UTC)
     capped = asyncio.run(_send(router, work, err))
     spans.shutdown()
-    if not Ingester(spool, settings.paths.db).drain(DRAIN_TIMEOUT_S):
+    if not Ingester(spool, settings.paths.db, settings.prices).drain(DRAIN_TIMEOUT_S):
         err.print(
             f"llmtap: error: the copies could not be written to {settings.paths.db} yet; they stay "
             f"in {settings.paths.spool} and are loaded by the next proxy or evaluate"

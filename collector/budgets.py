@@ -47,7 +47,8 @@ from mitmproxy import http
 from collector.config import BudgetSpec
 from collector.failopen import fail_open
 from collector.metadata import CallMetadata
-from collector.recorder import CAPTURE_KEY, Capture, json_or_none
+from collector.recorder import CAPTURE_KEY, Capture
+from collector.rows import json_or_none
 from collector.store import read_connection
 from collector.stream_usage import is_signed
 

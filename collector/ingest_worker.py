@@ -20,15 +20,19 @@ written as before.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import logging
 import os
+import pickle
 import select
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
+from collector.pricing import Rates
 from collector.spool import Spool
 from collector.store import MAX_RETRY_S, Ingester
 
@@ -51,10 +55,12 @@ RECYCLE_EXIT = 3
 class IngestWorker:
     """The proxy's side: seals the spool on a timer and keeps the loading child running."""
 
-    def __init__(self, spool: Spool, db_path: Path) -> None:
+    def __init__(
+        self, spool: Spool, db_path: Path, price_overrides: Mapping[str, Rates] | None = None
+    ) -> None:
         self.spool = spool
         self.db_path = db_path
-        self.ingester = Ingester(spool, db_path)
+        self.ingester = Ingester(spool, db_path, price_overrides)
         self._child: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llmtap-spool-sealer", daemon=True)
@@ -69,6 +75,8 @@ class IngestWorker:
 
     def _spawn(self) -> None:
         cmd = [sys.executable, "-m", "collector.ingest_worker", str(self.spool.directory), str(self.db_path)]
+        if self.ingester.price_overrides:
+            cmd += ["--price-overrides", _encode(self.ingester.price_overrides)]
         # Its own session: a terminal's Ctrl-C goes to the proxy, which then closes the pipe.
         self._child = subprocess.Popen(cmd, stdin=subprocess.PIPE, start_new_session=True, env=_child_env())
 
@@ -163,9 +171,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("spool", type=Path, help="the spool directory (DATA_DIR/spool)")
     parser.add_argument("db", type=Path, help="the DuckDB file (DATA_DIR/llmtap.duckdb)")
+    parser.add_argument(
+        "--price-overrides",
+        type=_decode,
+        default={},
+        help="the proxy's price overrides (from its config), as the proxy encodes them",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="llmtap: %(levelname)s %(message)s", stream=sys.stderr)
-    return serve(Ingester(Spool(args.spool), args.db), sys.stdin.fileno())
+    return serve(Ingester(Spool(args.spool), args.db, args.price_overrides), sys.stdin.fileno())
+
+
+def _encode(overrides: Mapping[str, Rates]) -> str:
+    """The price overrides for the child's command line. Pickle: the child runs this same code."""
+    return base64.b64encode(pickle.dumps(dict(overrides))).decode()
+
+
+def _decode(text: str) -> dict[str, Rates]:
+    return pickle.loads(base64.b64decode(text))
 
 
 if __name__ == "__main__":

@@ -75,10 +75,15 @@ class LlmtapProxy:
             log.error("store %s not ready (%s); calls are spooled until it is", paths.db, exc)
         self.registry = ProviderRegistry(extra_hosts=settings.extra_hosts)
         self.spool = Spool(paths.spool)
-        self.ingester = IngestWorker(self.spool, paths.db)
+        self.ingester = IngestWorker(self.spool, paths.db, settings.prices)
         self.spans = SpanRecorder(settings.otlp_endpoint)
         self.recorder = Recorder(
-            self.registry, self.spool, self.spans, PriceBook(settings.prices), settings.capture
+            self.registry,
+            self.spool,
+            self.spans,
+            PriceBook(settings.prices),
+            settings.capture,
+            rows_in_flight=bool(settings.budgets),  # budgets count each call's cost as it ends
         )
         self.budgets = Budgets(settings.budgets, paths.budget_alerts) if settings.budgets else None
         self.stream_usage = StreamUsage(settings.stream_usage)

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 from mitmproxy import http
 
@@ -31,8 +29,9 @@ from collector.eventstream import EventStreamReader
 from collector.failopen import fail_open, failures
 from collector.headers import first_header, intended_host
 from collector.metadata import METADATA_KEY, CallMetadata
-from collector.pricing import PriceBook, cost_columns
-from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts, Usage
+from collector.pricing import PriceBook
+from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts
+from collector.rows import Observed, RowBuilder, json_or_none, read_request, read_response
 from collector.spans import SpanRecorder
 from collector.spool import Spool
 from collector.sse import SSEReader
@@ -58,7 +57,8 @@ class Capture:
     secrets: list[str]
     #: The body as the client sent it (addons may change what goes upstream).
     request_body: bytes = b""
-    request: RequestFacts = field(default_factory=RequestFacts)
+    #: Read from the body when first asked for (:attr:`request`); most calls are never asked.
+    parsed_request: RequestFacts | None = None
     response: ResponseFacts = field(default_factory=ResponseFacts)
     streamed: bool = False
     first_byte: float | None = None
@@ -81,6 +81,14 @@ class Capture:
     #: A shadow copy's output compared with its original's: the method, and whether they agree.
     comparison: str | None = None
     agreement: bool | None = None
+
+    @property
+    def request(self) -> RequestFacts:
+        """What the client asked for. Read on first use: routing rules, budgets and the
+        stream-usage option ask in flight; for other calls the spool loader reads it."""
+        if self.parsed_request is None:
+            self.parsed_request = read_request(self.endpoint, self.path, json_or_none(self.request_body))
+        return self.parsed_request
 
 
 class EventReader(Protocol):
@@ -146,6 +154,10 @@ class StreamTee:
 
 
 class Recorder:
+    """Records every LLM call. ``rows_in_flight`` says that something in this process needs
+    each call's row (its cost) when the call ends, such as budgets; otherwise rows are built
+    in flight only when the call or the capture mode needs it (see :mod:`collector.rows`)."""
+
     def __init__(
         self,
         registry: ProviderRegistry,
@@ -153,12 +165,15 @@ class Recorder:
         spans: SpanRecorder,
         prices: PriceBook,
         capture_mode: str = "full",
+        rows_in_flight: bool = False,
     ) -> None:
         self.registry = registry
         self.spool = spool
-        self.spans = spans
-        self.prices = prices
+        self.rows = RowBuilder(prices, spans, {p.name: p for p in registry.providers})
         self.capture_mode = capture_mode
+        # Only the full mode may write bodies to the spool before the row is built (the
+        # redacted mode's masking happens while building); spans leave from this process.
+        self.rows_in_flight = rows_in_flight or capture_mode != "full" or spans.exporting
         self.calls_recorded = 0
 
     @fail_open
@@ -179,8 +194,6 @@ class Recorder:
             secrets=privacy.secret_values(req.data.headers.fields, req.path),
         )
         capture.request_body = req.content or b""
-        body = json_or_none(capture.request_body)
-        capture.request = endpoint.provider.read_request(endpoint.api, req.path, body)
         flow.metadata[CAPTURE_KEY] = capture
 
     @fail_open
@@ -212,11 +225,6 @@ class Recorder:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None or capture.done or flow.response is None:
             return
-        if not capture.streamed:
-            body = json_or_none(_content(flow.response))
-            capture.endpoint.provider.read_response(capture.endpoint.api, body, capture.response)
-            if capture.response.error is None and flow.response.status_code >= 400:
-                capture.response.error = f"http {flow.response.status_code}"
         self._finish(flow, capture, error=None)
 
     @fail_open
@@ -232,138 +240,80 @@ class Recorder:
 
     def _finish(self, flow: http.HTTPFlow, capture: Capture, error: str | None) -> None:
         capture.done = True
+        response = flow.response
         ended = time.time()
-        if error is None and flow.response is not None:
-            ended = flow.response.timestamp_end or capture.completed_at or ended
-        facts = capture.response
-        error = "; ".join(e for e in (error, facts.error) if e) or None
-        usage, usage_source = _usage(capture, flow.response.status_code if flow.response else None)
+        if error is None and response is not None:
+            ended = response.timestamp_end or capture.completed_at or ended
         first_byte = capture.first_byte
-        if first_byte is None and flow.response is not None:
-            first_byte = flow.response.timestamp_start
-        call: dict[str, Any] = {
-            "call_id": capture.call_id,
-            "started_at": _iso(capture.started),
-            "ended_at": _iso(ended),
-            "provider": capture.endpoint.provider.name,
-            "api": capture.endpoint.api,
-            "method": capture.method,
-            "host": capture.host,
-            "path": capture.path,
-            "status_code": flow.response.status_code if flow.response is not None else None,
-            # A streaming call: the client asked for a stream (even if the answer was a plain
-            # error), or the answer was an event stream.
-            "stream": capture.streamed or capture.request.stream,
-            "request_model": capture.request.model,
-            "response_model": facts.model,
-            "routed_from_model": capture.routed_from_model,
-            "input_tokens": usage.input_tokens if usage else None,
-            "output_tokens": usage.output_tokens if usage else None,
-            "cache_read_tokens": usage.cache_read_tokens if usage else None,
-            "cache_write_tokens": usage.cache_write_tokens if usage else None,
-            "reasoning_tokens": usage.reasoning_tokens if usage else None,
-            "usage_source": usage_source,
-            "latency_ms": (ended - capture.started) * 1000.0,
-            "ttft_ms": (first_byte - capture.started) * 1000.0 if first_byte else None,
-            "app": capture.metadata.app,
-            "user_id": capture.metadata.user_id,
-            "session_id": capture.metadata.session_id,
-            "properties": capture.metadata.properties or None,
-            "trace_id": None,
-            "span_id": None,
-            "error": error,
-            "finish_reasons": [reason for reason in facts.finish_reasons if reason],
-            "response_id": facts.response_id,
-            "usage_raw": facts.usage_raw,
-            "service_tier": facts.service_tier,
-            "provider_cost_usd": facts.provider_cost_usd,
-            "request_features": capture.request.features,
-            "max_output_tokens": capture.request.max_output_tokens,
-            "routing_rule": capture.routing_rule,
-            "routing_arm": capture.routing_arm,
-            "shadow_of": capture.shadow_of,
-            "retry_of": capture.retry_of,
-            "comparison": capture.comparison,
-            "agreement": capture.agreement,
-            "_start_ns": int(capture.started * 1e9),
-            "_end_ns": int(ended * 1e9),
-        }
-        call.update(
-            cost_columns(
-                self.prices,
-                prices_id=capture.endpoint.provider.prices_id,
-                model=facts.model or capture.request.model,
-                usage=usage,
-                service_tier=facts.service_tier,
-                provider_cost_usd=facts.provider_cost_usd,
-                when=datetime.fromtimestamp(capture.started, UTC),
-            )
+        if first_byte is None and response is not None:
+            first_byte = response.timestamp_start
+        body = _content(response) if response is not None and not capture.streamed else None
+        seen = Observed(
+            call_id=capture.call_id,
+            started=capture.started,
+            ended=ended,
+            first_byte=first_byte,
+            provider=capture.endpoint.provider.name,
+            api=capture.endpoint.api,
+            method=capture.method,
+            host=capture.host,
+            path=capture.path,
+            status_code=response.status_code if response is not None else None,
+            streamed=capture.streamed,
+            app=capture.metadata.app,
+            user_id=capture.metadata.user_id,
+            session_id=capture.metadata.session_id,
+            properties=capture.metadata.properties or None,
+            traceparent=capture.traceparent,
+            error=error,
+            capture_mode=self.capture_mode,
+            request=capture.parsed_request,
+            response=capture.response if capture.streamed else None,
+            routed_from_model=capture.routed_from_model,
+            routing_rule=capture.routing_rule,
+            routing_arm=capture.routing_arm,
+            shadow_of=capture.shadow_of,
+            retry_of=capture.retry_of,
+            comparison=capture.comparison,
+            agreement=capture.agreement,
         )
-        capture.cost_usd = call["cost_usd"]
-        span = self.spans.record(call, capture.traceparent)
-        del call["_start_ns"], call["_end_ns"]
-        call["span"] = span
-        call["body"] = self._bodies(flow, capture)
-        self.spool.append(json.dumps(call, default=str).encode() + b"\n")
+        self._keep_bodies(seen, capture, body)
+        # Routing's calls need their cost now (spend caps); a body over the limit is cut when
+        # kept, so it must be read whole now.
+        in_flight = (
+            self.rows_in_flight
+            or capture.routing_arm is not None
+            or len(capture.request_body) > BODY_LIMIT
+            or (body is not None and len(body) > BODY_LIMIT)
+        )
+        if in_flight:
+            seen.request = capture.request
+            if seen.response is None:
+                capture.response = read_response(capture.endpoint, seen.status_code, json_or_none(body))
+                seen.response = capture.response
+            row = self.rows.row(seen)
+            capture.cost_usd = row["cost_usd"]
+            line = json.dumps(row, default=str).encode() + b"\n"
+        else:
+            line = seen.spool_line()
+        self.spool.append(line)
         self.calls_recorded += 1
 
-    def _bodies(self, flow: http.HTTPFlow, capture: Capture) -> dict[str, Any] | None:
+    def _keep_bodies(self, seen: Observed, capture: Capture, body: bytes | None) -> None:
         mode = self.capture_mode
         if mode == "metadata":
-            return None
+            return
         if capture.streamed:
             response_raw = bytes(capture.stream_body) if capture.stream_body is not None else None
         else:
-            response_raw = _content(flow.response)[:BODY_LIMIT] if flow.response else None
-        request_raw = capture.request_body[:BODY_LIMIT]
-        return {
-            "capture_mode": mode,
-            "request_body": privacy.stored_body(request_raw, mode, capture.secrets),
-            "response_body": privacy.stored_body(response_raw, mode, capture.secrets),
-        }
+            response_raw = body[:BODY_LIMIT] if body is not None else None
+        seen.request_text = privacy.stored_body(capture.request_body[:BODY_LIMIT], mode, capture.secrets)
+        seen.response_text = privacy.stored_body(response_raw, mode, capture.secrets)
 
 
-#: Characters per token assumed when estimating usage the provider did not report.
-CHARS_PER_TOKEN = 4
-
-
-def _usage(capture: Capture, status: int | None) -> tuple[Usage | None, str]:
-    """The provider's usage, else an estimate from text lengths for a call that got an
-    answer, else nothing."""
-    usage = capture.response.usage
-    if usage is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
-        return usage, "provider"
-    if status is None or status >= 400 or not capture.request.prompt_chars:
-        return None, "none"
-    embeddings = capture.endpoint.api == "embeddings"
-    return (
-        Usage(
-            input_tokens=math.ceil(capture.request.prompt_chars / CHARS_PER_TOKEN),
-            output_tokens=None if embeddings else math.ceil(capture.response.output_chars / CHARS_PER_TOKEN),
-        ),
-        "estimated",
-    )
-
-
-def _content(message: http.Message | None) -> bytes:
+def _content(message: http.Message) -> bytes:
     """Decoded body (gzip, br, zstd undone), or the raw bytes if decoding fails."""
-    if message is None:
-        return b""
     try:
         return message.get_content(strict=False) or b""
     except ValueError:
         return message.raw_content or b""
-
-
-def json_or_none(raw: bytes | None) -> Any:
-    """A body decoded as JSON, or None when it is not JSON (bad input is never an error)."""
-    if not raw or raw[:1] not in (b"{", b"[", b" ", b"\n", b"\r", b"\t"):
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()

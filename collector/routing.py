@@ -63,7 +63,8 @@ from collector.config import Upstream
 from collector.failopen import fail_open, failures
 from collector.metadata import METADATA_KEY, CallMetadata
 from collector.providers.base import Output, OutputReader
-from collector.recorder import CAPTURE_KEY, CHARS_PER_TOKEN, Capture, Recorder, json_or_none
+from collector.recorder import CAPTURE_KEY, Capture, Recorder
+from collector.rows import CHARS_PER_TOKEN, json_or_none
 from collector.rules import EVALUATION_ARMS, Rule, RulesError, first_match, load_rules
 from collector.sse import SSEReader
 from collector.store import read_connection

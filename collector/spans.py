@@ -62,6 +62,11 @@ class SpanRecorder:
     def __init__(self, otlp_endpoint: str | None = None) -> None:
         self._exporter = OtlpExporter(otlp_endpoint) if otlp_endpoint else None
 
+    @property
+    def exporting(self) -> bool:
+        """Spans leave this process over OTLP as calls end."""
+        return self._exporter is not None
+
     def record(self, call: dict[str, Any], traceparent: str | None) -> dict[str, Any]:
         """Make the span for ``call`` (and export it if configured); set its ids on ``call``;
         return the span row."""

@@ -17,14 +17,19 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from collector import schema
 from collector.spool import Spool
+
+if TYPE_CHECKING:  # at run time these come in when needed: collector.pricing imports this module
+    from collector.pricing import Rates
+    from collector.rows import RowBuilder
 
 log = logging.getLogger("llmtap.store")
 
@@ -110,18 +115,25 @@ def _spool_columns() -> str:
 _SPOOL_COLUMNS = _spool_columns()
 
 
-def ingest_file(con: duckdb.DuckDBPyConnection, path: Path) -> int:
-    """Load one sealed spool file in a single transaction; returns rows added (0 if done before)."""
+def ingest_file(
+    con: duckdb.DuckDBPyConnection, path: Path, rows: Callable[[], RowBuilder] | None = None
+) -> int:
+    """Load one sealed spool file in a single transaction; returns rows added (0 if done before).
+    Its observed calls get their rows built first, by the builder ``rows`` gives."""
     name = path.name
     con.begin()
+    built: Path | None = None
     try:
         if con.execute("SELECT 1 FROM spool_ingested WHERE name = ?", [name]).fetchone():
             con.rollback()
             return 0
+        from collector.rows import built_spool_file
+
+        built = built_spool_file(path, rows)
         con.execute(
             "CREATE OR REPLACE TEMP TABLE batch AS SELECT * FROM read_json(?, "
             f"format='newline_delimited', columns={_SPOOL_COLUMNS})",
-            [str(path)],
+            [str(built)],
         )
         calls = ", ".join(schema.LLM_CALLS)
         con.execute(f"INSERT INTO llm_calls SELECT {calls} FROM batch")
@@ -129,14 +141,17 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: Path) -> int:
         con.execute(f"INSERT INTO call_bodies SELECT call_id, {body_cols} FROM batch WHERE body IS NOT NULL")
         span_cols = ", ".join("call_id" if c == "call_id" else f"span.{c}" for c in schema.SPANS)
         con.execute(f"INSERT INTO spans SELECT {span_cols} FROM batch WHERE span IS NOT NULL")
-        (rows,) = con.execute("SELECT count(*) FROM batch").fetchone()
-        con.execute("INSERT INTO spool_ingested (name, rows) VALUES (?, ?)", [name, rows])
+        (added,) = con.execute("SELECT count(*) FROM batch").fetchone()
+        con.execute("INSERT INTO spool_ingested (name, rows) VALUES (?, ?)", [name, added])
         con.execute("DROP TABLE batch")
         con.commit()
-        return rows
+        return added
     except BaseException:
         con.rollback()
         raise
+    finally:
+        if built is not None and built != path:
+            built.unlink(missing_ok=True)
 
 
 def ensure_schema(db_path: Path) -> None:
@@ -159,11 +174,24 @@ class Ingester:
     work never holds the proxy's GIL; it also runs in-process for one-off passes.
     """
 
-    def __init__(self, spool: Spool, db_path: Path) -> None:
+    def __init__(
+        self, spool: Spool, db_path: Path, price_overrides: Mapping[str, Rates] | None = None
+    ) -> None:
         self.spool = spool
         self.db_path = db_path
+        #: The config's price overrides, for the rows of observed calls (see collector.rows).
+        self.price_overrides = dict(price_overrides or {})
         self.rows_ingested = 0
         self._failing: str | None = None
+        self._builder: RowBuilder | None = None
+
+    def _rows(self) -> RowBuilder:
+        """Made on first need: the price catalogue takes ~0.4 s to load."""
+        if self._builder is None:
+            from collector.rows import RowBuilder
+
+            self._builder = RowBuilder.offline(self.price_overrides)
+        return self._builder
 
     def run_once(self) -> bool:
         """Seal and load what is pending. True when everything pending was loaded."""
@@ -175,7 +203,7 @@ class Ingester:
             with connect_writer(self.db_path) as con:
                 _create_tables(con)  # cheap, and recreates a store that was moved away
                 for path in files:
-                    self.rows_ingested += ingest_file(con, path)
+                    self.rows_ingested += ingest_file(con, path, self._rows)
                     path.unlink(missing_ok=True)
         except Exception as exc:
             if is_lock_conflict(exc):

@@ -70,10 +70,12 @@ class StreamUsage:
     def _applies(self, capture: Capture) -> bool:
         provider = capture.endpoint.provider
         return (
-            capture.request.stream
-            and not capture.request.stream_usage_requested
-            and capture.endpoint.api in STREAM_APIS
+            capture.endpoint.api in STREAM_APIS
             and self.per_provider.get(provider.name, provider.stream_usage_option)
+            # A body that never names "stream" asks for no stream: known without parsing it.
+            and b'"stream"' in capture.request_body
+            and capture.request.stream
+            and not capture.request.stream_usage_requested
         )
 
 

@@ -622,7 +622,7 @@ def capture_for(host: str, path: str, body: dict | None = None) -> Capture:
     endpoint = ProviderRegistry().match(host, path)
     assert endpoint is not None
     capture = Capture(endpoint, "POST", host, path, time.time(), CallMetadata(), None, [])
-    capture.request = endpoint.provider.read_request(endpoint.api, path, body)
+    capture.parsed_request = endpoint.provider.read_request(endpoint.api, path, body)
     return capture
 
 

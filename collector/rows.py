@@ -1,0 +1,301 @@
+"""From what the proxy saw of a call to its stored row: parsing, usage, price and span.
+
+Building a row costs ~150 us of CPU per call (two JSON parses, the provider's readers,
+pricing, the span, the row's JSON). On the proxy's one event-loop thread that is a tenth
+of all the time a call takes there, so the recorder builds rows in flight only when
+something needs them in flight: budgets (spend), routing (the rule's copies and their
+cost), OTLP export, and the ``metadata``/``redacted`` capture modes (whose bodies must
+never be written to disk, not even to the spool). Otherwise it spools the
+:class:`Observed` call, and the spool loader builds the row in its own process
+(:func:`built_spool_file`). Both paths go through :meth:`RowBuilder.row`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from collector.failopen import failures
+from collector.pricing import PriceBook, Rates, cost_columns
+from collector.providers import Endpoint, Provider, RequestFacts, ResponseFacts, Usage, builtin_providers
+from collector.spans import SpanRecorder
+
+log = logging.getLogger("llmtap.rows")
+
+#: The key of a spool line that holds an observed call rather than a built row.
+OBSERVED_KEY = "observed"
+_OBSERVED_PREFIX = b'{"' + OBSERVED_KEY.encode() + b'":'
+#: Characters per token assumed when estimating usage the provider did not report.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(slots=True)
+class Observed:
+    """One finished call as the proxy saw it: times, status, metadata, routing, and either
+    the facts it already read or the (stored) body text to read them from."""
+
+    call_id: str
+    started: float
+    ended: float
+    first_byte: float | None
+    provider: str
+    api: str
+    method: str
+    host: str
+    path: str
+    status_code: int | None
+    #: The answer came as an event stream.
+    streamed: bool
+    app: str | None
+    user_id: str | None
+    session_id: str | None
+    properties: dict[str, str] | None
+    traceparent: str | None
+    #: What went wrong in transport (the connection), if anything.
+    error: str | None
+    capture_mode: str
+    #: The bodies as stored (secrets already cut out); None in the metadata mode.
+    request_text: str | None = None
+    response_text: str | None = None
+    #: Facts read in flight, or None: the row's builder then reads them from the text.
+    request: RequestFacts | None = None
+    response: ResponseFacts | None = None
+    routed_from_model: str | None = None
+    routing_rule: str | None = None
+    routing_arm: str | None = None
+    shadow_of: str | None = None
+    retry_of: str | None = None
+    comparison: str | None = None
+    agreement: bool | None = None
+
+    def spool_line(self) -> bytes:
+        """The spool line that carries this call to the loader, which builds its row."""
+        return json.dumps({OBSERVED_KEY: self}, default=_plain, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Observed:
+        request, response = data.pop("request"), data.pop("response")
+        observed = cls(**data)
+        if request is not None:
+            observed.request = RequestFacts(**request)
+        if response is not None:
+            usage = response.pop("usage")
+            observed.response = ResponseFacts(**response, usage=Usage(**usage) if usage is not None else None)
+        return observed
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the dataclasses (slots, no nesting beyond Usage) and Decimals in a line."""
+    if isinstance(value, Decimal):
+        return str(value)
+    return {f.name: getattr(value, f.name) for f in fields(value)}
+
+
+class RowBuilder:
+    """Builds ``llm_calls`` rows (with their span and bodies) from observed calls."""
+
+    def __init__(
+        self,
+        prices: PriceBook,
+        spans: SpanRecorder,
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
+        self.prices = prices
+        self.spans = spans
+        known = providers if providers is not None else {p.name: p for p in builtin_providers()}
+        self.providers = dict(known)
+
+    @classmethod
+    def offline(cls, price_overrides: Mapping[str, Rates] | None = None) -> RowBuilder:
+        """A builder for the spool loader: no OTLP export (the proxy exports in flight)."""
+        return cls(PriceBook(price_overrides), SpanRecorder(None))
+
+    def row(self, seen: Observed) -> dict[str, Any]:
+        endpoint = Endpoint(self.providers[seen.provider], seen.api)
+        request = seen.request or read_request(endpoint, seen.path, json_or_none(seen.request_text))
+        response = seen.response
+        if response is None:
+            response = read_response(endpoint, seen.status_code, json_or_none(seen.response_text))
+        error = "; ".join(e for e in (seen.error, response.error) if e) or None
+        usage, usage_source = estimated_usage(endpoint.api, request, response, seen.status_code)
+        call: dict[str, Any] = {
+            "call_id": seen.call_id,
+            "started_at": _iso(seen.started),
+            "ended_at": _iso(seen.ended),
+            "provider": seen.provider,
+            "api": seen.api,
+            "method": seen.method,
+            "host": seen.host,
+            "path": seen.path,
+            "status_code": seen.status_code,
+            # A streaming call: the client asked for a stream (even if the answer was a plain
+            # error), or the answer was an event stream.
+            "stream": seen.streamed or request.stream,
+            "request_model": request.model,
+            "response_model": response.model,
+            "routed_from_model": seen.routed_from_model,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "cache_read_tokens": usage.cache_read_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "usage_source": usage_source,
+            "latency_ms": (seen.ended - seen.started) * 1000.0,
+            "ttft_ms": (seen.first_byte - seen.started) * 1000.0 if seen.first_byte else None,
+            "app": seen.app,
+            "user_id": seen.user_id,
+            "session_id": seen.session_id,
+            "properties": seen.properties or None,
+            "trace_id": None,
+            "span_id": None,
+            "error": error,
+            "finish_reasons": [reason for reason in response.finish_reasons if reason],
+            "response_id": response.response_id,
+            "usage_raw": response.usage_raw,
+            "service_tier": response.service_tier,
+            "provider_cost_usd": response.provider_cost_usd,
+            "request_features": request.features,
+            "max_output_tokens": request.max_output_tokens,
+            "routing_rule": seen.routing_rule,
+            "routing_arm": seen.routing_arm,
+            "shadow_of": seen.shadow_of,
+            "retry_of": seen.retry_of,
+            "comparison": seen.comparison,
+            "agreement": seen.agreement,
+            "_start_ns": int(seen.started * 1e9),
+            "_end_ns": int(seen.ended * 1e9),
+        }
+        call.update(
+            cost_columns(
+                self.prices,
+                prices_id=endpoint.provider.prices_id,
+                model=response.model or request.model,
+                usage=usage,
+                service_tier=response.service_tier,
+                provider_cost_usd=response.provider_cost_usd,
+                when=datetime.fromtimestamp(seen.started, UTC),
+            )
+        )
+        span = self.spans.record(call, seen.traceparent)
+        del call["_start_ns"], call["_end_ns"]
+        call["span"] = span
+        call["body"] = _bodies(seen)
+        return call
+
+
+def read_request(endpoint: Endpoint, path: str, body: Any) -> RequestFacts:
+    return endpoint.provider.read_request(endpoint.api, path, body)
+
+
+def read_response(endpoint: Endpoint, status_code: int | None, body: Any) -> ResponseFacts:
+    """Facts from a whole (non-streamed) response body; an HTTP error without a provider
+    error message still counts as an error."""
+    facts = ResponseFacts()
+    endpoint.provider.read_response(endpoint.api, body, facts)
+    if facts.error is None and status_code is not None and status_code >= 400:
+        facts.error = f"http {status_code}"
+    return facts
+
+
+def estimated_usage(
+    api: str, request: RequestFacts, response: ResponseFacts, status: int | None
+) -> tuple[Usage | None, str]:
+    """The provider's usage, else an estimate from text lengths for a call that got an
+    answer, else nothing."""
+    usage = response.usage
+    if usage is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
+        return usage, "provider"
+    if status is None or status >= 400 or not request.prompt_chars:
+        return None, "none"
+    return (
+        Usage(
+            input_tokens=math.ceil(request.prompt_chars / CHARS_PER_TOKEN),
+            output_tokens=None if api == "embeddings" else math.ceil(response.output_chars / CHARS_PER_TOKEN),
+        ),
+        "estimated",
+    )
+
+
+def _bodies(seen: Observed) -> dict[str, Any] | None:
+    if seen.capture_mode == "metadata":
+        return None
+    return {
+        "capture_mode": seen.capture_mode,
+        "request_body": seen.request_text,
+        "response_body": seen.response_text,
+    }
+
+
+def json_or_none(raw: bytes | str | None) -> Any:
+    """A body decoded as JSON, or None when it is not JSON (bad input is never an error)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def built_spool_file(sealed: Path, rows: Callable[[], RowBuilder] | None) -> Path:
+    """``sealed`` with every observed call replaced by its row: the file itself when it
+    holds none, else a new ``built-*`` file beside it (the caller deletes it).
+
+    A call whose row cannot be built (a bug) is still stored, with what was observed of it."""
+    with open(sealed, "rb") as f:
+        data = f.read()
+    if _OBSERVED_PREFIX not in data:
+        return sealed
+    if rows is None:
+        raise ValueError(f"{sealed.name} holds observed calls and no row builder was given")
+    builder = rows()
+    built = sealed.with_name("built-" + sealed.name)
+    with open(built, "wb") as out:
+        for line in data.splitlines(keepends=True):
+            if line.startswith(_OBSERVED_PREFIX):
+                line = _built_line(json.loads(line)[OBSERVED_KEY], builder)
+            out.write(line)
+    return built
+
+
+def _built_line(data: dict[str, Any], builder: RowBuilder) -> bytes:
+    seen = Observed.from_json(data)
+    try:
+        row = builder.row(seen)
+    except Exception:
+        failures["RowBuilder.row"] += 1
+        log.exception("llmtap internal error building the row of call %s; stored as observed", seen.call_id)
+        row = _bare_row(seen)
+    return json.dumps(row, default=str).encode() + b"\n"
+
+
+def _bare_row(seen: Observed) -> dict[str, Any]:
+    return {
+        "call_id": seen.call_id,
+        "started_at": _iso(seen.started),
+        "ended_at": _iso(seen.ended),
+        "provider": seen.provider,
+        "api": seen.api,
+        "method": seen.method,
+        "host": seen.host,
+        "path": seen.path,
+        "status_code": seen.status_code,
+        "stream": seen.streamed,
+        "latency_ms": (seen.ended - seen.started) * 1000.0,
+        "app": seen.app,
+        "user_id": seen.user_id,
+        "session_id": seen.session_id,
+        "error": seen.error,
+        "usage_source": "none",
+        "body": _bodies(seen),
+    }
