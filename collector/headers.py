@@ -1,9 +1,9 @@
-"""Cheap reads of a request's raw header fields, for the hooks every call goes through.
+"""Cheap reads of a message's raw header fields, for the hooks every call goes through.
 
-mitmproxy's ``Headers`` case-folds and decodes every field on each lookup, and
-``Request.pretty_host`` adds a regex parse of the authority: ~7 and ~12 us per call on the
-benchmark machine, paid by several hooks of every call. A scan of the raw ``(name, value)``
-byte pairs gives the same answers in ~1.5 us.
+mitmproxy's ``Headers`` case-folds and decodes every field on each lookup (~8 us for one
+``get`` on the benchmark machine), and ``Request.pretty_host`` adds a regex parse of the
+authority (~12 us); ``Message.content`` looks up ``content-encoding`` that way even when
+there is none. A scan of the raw ``(name, value)`` byte pairs gives the same answers in ~1.5 us.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from mitmproxy import http
 
 
-def first_header(request: http.Request, name: bytes) -> str | None:
+def first_header(message: http.Message, name: bytes) -> str | None:
     """The first value of header ``name`` (lower-case bytes), decoded as ``Headers`` does."""
-    for key, value in request.data.headers.fields:
+    for key, value in message.data.headers.fields:
         if key.lower() == name:
             return value.decode("utf-8", "surrogateescape")
     return None
@@ -30,3 +30,15 @@ def intended_host(request: http.Request) -> str:
     if not (colon and port.isdigit()):
         host = authority
     return host.strip("[]").lower()
+
+
+def decoded_body(message: http.Message) -> bytes:
+    """The body with its content encoding (gzip, br, zstd) undone; the raw bytes when it
+    has none, or when decoding fails."""
+    raw = message.raw_content or b""
+    if first_header(message, b"content-encoding") is None:
+        return raw
+    try:
+        return message.get_content(strict=False) or b""
+    except ValueError:
+        return raw

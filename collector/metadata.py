@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from mitmproxy import http
 
@@ -30,7 +31,7 @@ class MetadataHeaders:
         headers = flow.request.headers
         # Most calls carry none of these headers: a scan of the raw fields tells, at a fraction
         # of what going through ``Headers`` (a case-folded lookup per name) costs.
-        if not any(name[:9].lower() == PREFIX_BYTES for name, _ in headers.fields):
+        if PREFIX_BYTES not in b"\n".join(map(itemgetter(0), headers.fields)).lower():
             return
         names = [name for name in headers if name.lower().startswith(PREFIX)]
         for name in names:

@@ -27,7 +27,7 @@ from collector import privacy
 from collector.decoding import Decoder, decoder_for
 from collector.eventstream import EventStreamReader
 from collector.failopen import fail_open, failures
-from collector.headers import first_header, intended_host
+from collector.headers import decoded_body, first_header, intended_host
 from collector.metadata import METADATA_KEY, CallMetadata
 from collector.pricing import PriceBook
 from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts
@@ -193,7 +193,7 @@ class Recorder:
             traceparent=first_header(req, b"traceparent"),
             secrets=privacy.secret_values(req.data.headers.fields, req.path),
         )
-        capture.request_body = req.content or b""
+        capture.request_body = decoded_body(req)
         flow.metadata[CAPTURE_KEY] = capture
 
     @fail_open
@@ -201,15 +201,15 @@ class Recorder:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None or flow.response is None:
             return
-        content_type = flow.response.headers.get("content-type", "").split(";")[0].strip().lower()
-        reader = STREAM_READERS.get(content_type)
+        content_type = first_header(flow.response, b"content-type") or ""
+        reader = STREAM_READERS.get(content_type.split(";")[0].strip().lower())
         if reader is None:
             return
         try:
             tee = StreamTee(
                 capture,
                 reader(),
-                flow.response.headers.get("content-encoding", ""),
+                first_header(flow.response, b"content-encoding") or "",
                 # Binary framings are not kept as body text.
                 keep_body=self.capture_mode != "metadata" and reader is SSEReader,
             )
@@ -247,7 +247,7 @@ class Recorder:
         first_byte = capture.first_byte
         if first_byte is None and response is not None:
             first_byte = response.timestamp_start
-        body = _content(response) if response is not None and not capture.streamed else None
+        body = decoded_body(response) if response is not None and not capture.streamed else None
         seen = Observed(
             call_id=capture.call_id,
             started=capture.started,
@@ -309,11 +309,3 @@ class Recorder:
             response_raw = body[:BODY_LIMIT] if body is not None else None
         seen.request_text = privacy.stored_body(capture.request_body[:BODY_LIMIT], mode, capture.secrets)
         seen.response_text = privacy.stored_body(response_raw, mode, capture.secrets)
-
-
-def _content(message: http.Message) -> bytes:
-    """Decoded body (gzip, br, zstd undone), or the raw bytes if decoding fails."""
-    try:
-        return message.get_content(strict=False) or b""
-    except ValueError:
-        return message.raw_content or b""

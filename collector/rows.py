@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -77,7 +77,7 @@ class Observed:
 
     def spool_line(self) -> bytes:
         """The spool line that carries this call to the loader, which builds its row."""
-        return json.dumps({OBSERVED_KEY: self}, default=_plain, separators=(",", ":")).encode() + b"\n"
+        return _ENCODER.encode({OBSERVED_KEY: self}).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Observed:
@@ -92,10 +92,14 @@ class Observed:
 
 
 def _plain(value: Any) -> Any:
-    """JSON for the dataclasses (slots, no nesting beyond Usage) and Decimals in a line."""
+    """JSON for the dataclasses in a spool line (Observed, the facts, Usage) and Decimals."""
     if isinstance(value, Decimal):
         return str(value)
-    return {f.name: getattr(value, f.name) for f in fields(value)}
+    return {name: getattr(value, name) for name in value.__slots__}
+
+
+#: One encoder for every line: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_plain, separators=(",", ":"))
 
 
 class RowBuilder:
