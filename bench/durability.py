@@ -108,6 +108,20 @@ class RssSampler:
         return max(self.samples, default=0)
 
 
+def idle_rss(pid: int, timeout: float = 15.0) -> int:
+    """RSS of a freshly started proxy once it is steady (two samples a second apart within
+    0.5 MB): its spool loader loads the price catalogue and opens the store as it starts."""
+    deadline = time.monotonic() + timeout
+    last = rss(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = rss(pid)
+        if abs(now - last) < MB // 2:
+            return now
+        last = now
+    return last
+
+
 def settle_rss(pid: int, seconds: float = 2.0) -> int:
     """RSS after the ingester had time to load what is pending."""
     time.sleep(seconds)
@@ -164,7 +178,7 @@ def median(values: list[int]) -> float:
 
 def sustained(bench: Bench, proxy: Proc, bundle: Path, duration: float, db: Path) -> dict:
     ids_file = bench.tmp / "ids-sustained.txt"
-    start_rss = rss(proxy.pid)
+    start_rss = idle_rss(proxy.pid)
     samples: list[tuple[int, int]] = []  # (calls so far, RSS), once a second
     client = start_load("https", proxy.port, CONNS, duration, 0.0, ca=bundle, ids_out=ids_file, progress=True)
     assert client.stderr is not None
@@ -267,7 +281,7 @@ def main() -> None:
         meta_data = bench.tmp / "data-metadata"
         shutil.copytree(data / "ca", meta_data / "ca")  # the same CA, so the client trusts both
         meta_proxy = bench.llmtap(meta_data, up_url, config='capture = "metadata"\n')
-        meta_start = rss(meta_proxy.pid)
+        meta_start = idle_rss(meta_proxy.pid)
         warm = run_load("https", meta_proxy.port, CONNS, 5.0, 0.0, ca=bundle)
         if warm["errors"]:
             log(f"warning: {warm['errors']} client errors in the warm-up load")

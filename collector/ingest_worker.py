@@ -140,6 +140,7 @@ def serve(ingester: Ingester, nudges: int) -> int:
     after its first one (DuckDB's fixed cost included), return RECYCLE_EXIT so that the proxy
     starts a fresh loader."""
     baseline: int | None = None
+    ingester.warm()
     delay: float | None = None if ingester.run_once() else 0.5
     while True:
         readable, _, _ = select.select([nudges], [], [], delay)
