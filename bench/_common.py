@@ -348,9 +348,10 @@ def run_load(
     ca: Path | None = None,
     ids_out: Path | None = None,
     lat_out: Path | None = None,
+    rate: float = 0.0,
 ) -> dict:
     """Run the load client as its own process and return its figures."""
-    proc = start_load(how, port, conns, duration, warmup, ca, ids_out, lat_out)
+    proc = start_load(how, port, conns, duration, warmup, ca, ids_out, lat_out, rate=rate)
     return finish_client(proc, duration + warmup + 60)
 
 
@@ -364,11 +365,12 @@ def start_load(
     ids_out: Path | None = None,
     lat_out: Path | None = None,
     progress: bool = False,
+    rate: float = 0.0,
 ) -> subprocess.Popen:
     """Start the load client; with ``progress`` it prints ``progress N`` (calls done) lines
-    on stderr every second."""
+    on stderr every second; with ``rate`` each connection sends that many requests/s."""
     args = [sys.executable, str(THIS), "load", "--how", how, "--addr", f"127.0.0.1:{port}"]
-    args += ["--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)]
+    args += ["--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup), "--rate", str(rate)]
     for flag, value in (("--ca", ca), ("--ids-out", ids_out), ("--lat-out", lat_out)):
         if value is not None:
             args += [flag, str(value)]
@@ -558,7 +560,15 @@ def load_main(args: argparse.Namespace) -> None:
         reader: Reader | None = None
         while time.perf_counter() < start:
             time.sleep(0.001)
+        # Paced: sends spread over the connections, one every 1/rate s on each; a late send
+        # does not make the next one early (no bursts to catch up).
+        interval = 1.0 / args.rate if args.rate else 0.0
+        next_send = start + interval * slot / args.conns
         while (now := time.perf_counter()) < stop_at:
+            if interval:
+                if next_send > now:
+                    time.sleep(next_send - now)
+                next_send = max(next_send + interval, time.perf_counter())
             try:
                 if sock is None:
                     sock = connect(args.how, addr, ctx)
@@ -997,6 +1007,9 @@ def main() -> None:
     p.add_argument("--ids-out")
     p.add_argument("--lat-out")
     p.add_argument("--progress", action="store_true")
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="requests/s per connection (default 0: back to back)"
+    )
     p.set_defaults(func=load_main)
     p = sub.add_parser("stream")
     p.add_argument("--how", choices=["direct", "direct-tls", "reverse", "https"], required=True)

@@ -50,6 +50,8 @@ BUSY_BATCH_BYTES = 256 * 1024
 #: with batch size and is not handed back, so a long-lived loader would keep its peak.
 RECYCLE_GROWTH_BYTES = 24 * 1024 * 1024
 RECYCLE_EXIT = 3
+#: The loader's scheduling priority relative to the proxy (``nice``).
+NICENESS = 10
 
 
 class IngestWorker:
@@ -180,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="llmtap: %(levelname)s %(message)s", stream=sys.stderr)
+    # Background work: when the CPU is contended the proxy (and the app) go first; the spool
+    # keeps every call meanwhile.
+    os.nice(NICENESS)
     return serve(Ingester(Spool(args.spool), args.db, args.price_overrides), sys.stdin.fileno())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -264,7 +265,8 @@ def built_spool_file(sealed: Path, rows: Callable[[], RowBuilder] | None) -> Pat
         raise ValueError(f"{sealed.name} holds observed calls and no row builder was given")
     builder = rows()
     built = sealed.with_name("built-" + sealed.name)
-    with open(built, "wb") as out:
+    # Bodies: readable by the owner only, as the spool itself.
+    with os.fdopen(os.open(built, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
         for line in data.splitlines(keepends=True):
             if line.startswith(_OBSERVED_PREFIX):
                 line = _built_line(json.loads(line)[OBSERVED_KEY], builder)
