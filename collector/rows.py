@@ -131,33 +131,18 @@ class RowBuilder:
         error = "; ".join(e for e in (seen.error, response.error) if e) or None
         usage, usage_source = estimated_usage(endpoint.api, request, response, seen.status_code)
         call: dict[str, Any] = {
-            "call_id": seen.call_id,
-            "started_at": _iso(seen.started),
-            "ended_at": _iso(seen.ended),
-            "provider": seen.provider,
-            "api": seen.api,
-            "method": seen.method,
-            "host": seen.host,
-            "path": seen.path,
-            "status_code": seen.status_code,
+            **_observed_columns(seen),
             # A streaming call: the client asked for a stream (even if the answer was a plain
             # error), or the answer was an event stream.
             "stream": seen.streamed or request.stream,
             "request_model": request.model,
             "response_model": response.model,
-            "routed_from_model": seen.routed_from_model,
             "input_tokens": usage.input_tokens if usage else None,
             "output_tokens": usage.output_tokens if usage else None,
             "cache_read_tokens": usage.cache_read_tokens if usage else None,
             "cache_write_tokens": usage.cache_write_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
             "usage_source": usage_source,
-            "latency_ms": (seen.ended - seen.started) * 1000.0,
-            "ttft_ms": (seen.first_byte - seen.started) * 1000.0 if seen.first_byte else None,
-            "app": seen.app,
-            "user_id": seen.user_id,
-            "session_id": seen.session_id,
-            "properties": seen.properties or None,
             "trace_id": None,
             "span_id": None,
             "error": error,
@@ -168,12 +153,6 @@ class RowBuilder:
             "provider_cost_usd": response.provider_cost_usd,
             "request_features": request.features,
             "max_output_tokens": request.max_output_tokens,
-            "routing_rule": seen.routing_rule,
-            "routing_arm": seen.routing_arm,
-            "shadow_of": seen.shadow_of,
-            "retry_of": seen.retry_of,
-            "comparison": seen.comparison,
-            "agreement": seen.agreement,
             "_start_ns": int(seen.started * 1e9),
             "_end_ns": int(seen.ended * 1e9),
         }
@@ -281,11 +260,12 @@ def _built_line(data: dict[str, Any], builder: RowBuilder) -> bytes:
     except Exception:
         failures["RowBuilder.row"] += 1
         log.exception("llmtap internal error building the row of call %s; stored as observed", seen.call_id)
-        row = _bare_row(seen)
+        row = {**_observed_columns(seen), "body": _bodies(seen)}
     return json.dumps(row, default=str).encode() + b"\n"
 
 
-def _bare_row(seen: Observed) -> dict[str, Any]:
+def _observed_columns(seen: Observed) -> dict[str, Any]:
+    """The row's columns that need no parsing: what a call whose row cannot be built keeps."""
     return {
         "call_id": seen.call_id,
         "started_at": _iso(seen.started),
@@ -297,11 +277,19 @@ def _bare_row(seen: Observed) -> dict[str, Any]:
         "path": seen.path,
         "status_code": seen.status_code,
         "stream": seen.streamed,
+        "routed_from_model": seen.routed_from_model,
         "latency_ms": (seen.ended - seen.started) * 1000.0,
+        "ttft_ms": (seen.first_byte - seen.started) * 1000.0 if seen.first_byte else None,
         "app": seen.app,
         "user_id": seen.user_id,
         "session_id": seen.session_id,
+        "properties": seen.properties or None,
         "error": seen.error,
         "usage_source": "none",
-        "body": _bodies(seen),
+        "routing_rule": seen.routing_rule,
+        "routing_arm": seen.routing_arm,
+        "shadow_of": seen.shadow_of,
+        "retry_of": seen.retry_of,
+        "comparison": seen.comparison,
+        "agreement": seen.agreement,
     }
