@@ -71,15 +71,15 @@ def verdict(how: str, conns: int, rate: float, added: float, ratio: float) -> st
     p50 = f"adds {added:+.2f} ms p50 (target <= {TARGET_P50_MS})"
     kept = f"keeps {ratio:.0%} of bare req/s (target >= {TARGET_THROUGHPUT:.0%})"
     p50_ok, kept_ok = added <= TARGET_P50_MS, ratio >= TARGET_THROUGHPUT
+    label = f"{conns} conn"
     if conns == 1:
         what, ok = f"{p50} and {kept}", p50_ok and kept_ok
     elif rate:
         what, ok = p50, p50_ok
-        conns_label = f"{conns} conn paced at {rate * conns:.0f} req/s"
-        return f"{how}, {conns_label}: llmtap {what}: {'met' if ok else 'NOT met'}"
+        label += f" paced at {rate * conns:.0f} req/s"
     else:
         what, ok = f"{kept} (p50 {added:+.2f} ms: CPU-bound, p50 = {conns} / throughput)", kept_ok
-    return f"{how}, {conns} conn: llmtap {what}: {'met' if ok else 'NOT met'}"
+    return f"{how}, {label}: llmtap {what}: {'met' if ok else 'NOT met'}"
 
 
 def cpu_seconds(pid: int) -> float:

@@ -31,7 +31,7 @@ from collector.headers import decoded_body, first_header, intended_host
 from collector.metadata import METADATA_KEY, CallMetadata
 from collector.pricing import PriceBook
 from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts
-from collector.rows import Observed, RowBuilder, json_or_none, read_request, read_response
+from collector.rows import Observed, RowBuilder, json_or_none, read_response, row_line
 from collector.spans import SpanRecorder
 from collector.spool import Spool
 from collector.sse import SSEReader
@@ -87,7 +87,8 @@ class Capture:
         """What the client asked for. Read on first use: routing rules, budgets and the
         stream-usage option ask in flight; for other calls the spool loader reads it."""
         if self.parsed_request is None:
-            self.parsed_request = read_request(self.endpoint, self.path, json_or_none(self.request_body))
+            endpoint, body = self.endpoint, json_or_none(self.request_body)
+            self.parsed_request = endpoint.provider.read_request(endpoint.api, self.path, body)
         return self.parsed_request
 
 
@@ -293,7 +294,7 @@ class Recorder:
                 seen.response = capture.response
             row = self.rows.row(seen)
             capture.cost_usd = row["cost_usd"]
-            line = json.dumps(row, default=str).encode() + b"\n"
+            line = row_line(row)
         else:
             line = seen.spool_line()
         self.spool.append(line)

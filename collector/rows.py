@@ -124,7 +124,9 @@ class RowBuilder:
 
     def row(self, seen: Observed) -> dict[str, Any]:
         endpoint = Endpoint(self.providers[seen.provider], seen.api)
-        request = seen.request or read_request(endpoint, seen.path, json_or_none(seen.request_text))
+        request = seen.request or endpoint.provider.read_request(
+            endpoint.api, seen.path, json_or_none(seen.request_text)
+        )
         response = seen.response
         if response is None:
             response = read_response(endpoint, seen.status_code, json_or_none(seen.response_text))
@@ -172,10 +174,6 @@ class RowBuilder:
         call["span"] = span
         call["body"] = _bodies(seen)
         return call
-
-
-def read_request(endpoint: Endpoint, path: str, body: Any) -> RequestFacts:
-    return endpoint.provider.read_request(endpoint.api, path, body)
 
 
 def read_response(endpoint: Endpoint, status_code: int | None, body: Any) -> ResponseFacts:
@@ -261,6 +259,11 @@ def _built_line(data: dict[str, Any], builder: RowBuilder) -> bytes:
         failures["RowBuilder.row"] += 1
         log.exception("llmtap internal error building the row of call %s; stored as observed", seen.call_id)
         row = {**_observed_columns(seen), "body": _bodies(seen)}
+    return row_line(row)
+
+
+def row_line(row: dict[str, Any]) -> bytes:
+    """The spool line of a built row (Decimals as text: the loader's columns parse them)."""
     return json.dumps(row, default=str).encode() + b"\n"
 
 

@@ -203,7 +203,10 @@ class Ingester:
             with connect_writer(self.db_path) as con:
                 _create_tables(con)
         except Exception as exc:
-            log.debug("store not opened ahead of the first batch: %s", exc)
+            if not is_lock_conflict(exc):  # readers holding it is ordinary; the first batch waits
+                log.warning(
+                    "could not open %s ahead of the first batch (%s); trying again then", self.db_path, exc
+                )
 
     def run_once(self) -> bool:
         """Seal and load what is pending. True when everything pending was loaded."""
