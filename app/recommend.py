@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from collector.private import write_private
 from collector.rules import dump_rules, load_rules
 
 if TYPE_CHECKING:
@@ -105,7 +106,5 @@ def write_rules(path: Path, drafted: list[Rule]) -> tuple[int, int]:
     merged = [by_id.pop(rule.id, rule) for rule in existing] + list(by_id.values())
     header = DRAFT_HEADER.format(when=datetime.now(UTC).isoformat(timespec="seconds"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(dump_rules(merged, header), encoding="utf-8")
-    temporary.replace(path)
+    write_private(path, dump_rules(merged, header), keep_mode=True)
     return len(drafted), len(merged)

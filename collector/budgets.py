@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import queue
 import re
 import threading
@@ -47,6 +46,7 @@ from mitmproxy import http
 from collector.config import BudgetSpec
 from collector.failopen import fail_open
 from collector.metadata import CallMetadata
+from collector.private import write_private
 from collector.recorder import CAPTURE_KEY, Capture
 from collector.rows import json_or_none
 from collector.store import read_connection
@@ -346,10 +346,9 @@ class AlertSink:
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         """Replace the state file atomically, so the dashboard never reads half of it."""
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         try:
-            tmp.write_text(json.dumps({"updated_at": _iso(time.time()), "alerts": records}, indent=1))
-            os.replace(tmp, self.state_file)
+            state = {"updated_at": _iso(time.time()), "alerts": records}
+            write_private(self.state_file, json.dumps(state, indent=1))
         except OSError as exc:
             log.error("cannot write the budget alert state %s: %s", self.state_file, exc)
 

@@ -15,6 +15,7 @@ import certifi
 from mitmproxy.certs import CertStore
 
 from collector.config import Paths
+from collector.private import private_dir, write_private
 
 SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
@@ -33,17 +34,14 @@ def system_roots() -> Path:
 
 def ensure_ca(paths: Paths) -> Path:
     """Create the CA if needed, lock its key down, and (re)write the client bundle."""
-    paths.ca_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(paths.ca_dir, 0o700)
+    private_dir(paths.ca_dir)
     CertStore.from_store(paths.ca_dir, CA_BASENAME, 2048)
     for key_file in paths.ca_dir.glob(f"{CA_BASENAME}-ca*.p12"):
         os.chmod(key_file, 0o600)
     os.chmod(paths.ca_dir / f"{CA_BASENAME}-ca.pem", 0o600)  # holds the private key
     ca_cert = (paths.ca_dir / f"{CA_BASENAME}-ca-cert.pem").read_text()
     bundle = system_roots().read_text().rstrip("\n") + "\n" + ca_cert
-    tmp = paths.ca_bundle.with_suffix(".tmp")
-    tmp.write_text(bundle)
-    os.replace(tmp, paths.ca_bundle)
+    write_private(paths.ca_bundle, bundle)
     return paths.ca_bundle
 
 

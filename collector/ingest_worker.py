@@ -32,6 +32,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from collector import logs
 from collector.pricing import Rates
 from collector.spool import Spool
 from collector.store import MAX_RETRY_S, Ingester
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the proxy's price overrides (from its config), as the proxy encodes them",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="llmtap: %(levelname)s %(message)s", stream=sys.stderr)
+    logs.setup()
+    # What it creates (the store, DuckDB's write-ahead log and temporary files) holds prompts.
+    os.umask(0o077)
     # Background work: when the CPU is contended the proxy (and the app) go first; the spool
     # keeps every call meanwhile.
     os.nice(NICENESS)

@@ -34,7 +34,7 @@ MASK = "[REDACTED]"
 #: Shorter values are not cut out of bodies: they would match ordinary text.
 MIN_SECRET_LENGTH = 8
 
-_KEYLIKE = re.compile(
+KEYLIKE = re.compile(
     r"\b(?:sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|AIza[0-9A-Za-z_\-]{30,}"
     r"|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abpr]-[A-Za-z0-9\-]{10,}"
     r"|(?:Bearer|Basic)\s+[A-Za-z0-9._~+/\-]{16,}=*)"
@@ -97,7 +97,7 @@ def _mask_card(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """Mask personal data and key-like strings (the ``redacted`` capture mode)."""
-    text = _KEYLIKE.sub(MASK, text)
+    text = KEYLIKE.sub(MASK, text)
     text = _EMAIL.sub(MASK, text)
     text = _CARD.sub(_mask_card, text)
     return _PHONE.sub(MASK, text)

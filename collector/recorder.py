@@ -24,6 +24,7 @@ from typing import Protocol
 from mitmproxy import http
 
 from collector import privacy
+from collector.boundary import BODY_LIMIT
 from collector.decoding import Decoder, decoder_for
 from collector.eventstream import EventStreamReader
 from collector.failopen import fail_open, failures
@@ -39,8 +40,6 @@ from collector.sse import SSEReader
 log = logging.getLogger("llmtap.recorder")
 
 CAPTURE_KEY = "llmtap.capture"
-#: Most of one body kept in the ``full``/``redacted`` capture modes; the rest is cut.
-BODY_LIMIT = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -292,7 +291,10 @@ class Recorder:
             if seen.response is None:
                 capture.response = read_response(capture.endpoint, seen.status_code, json_or_none(body))
                 seen.response = capture.response
-            row = self.rows.row(seen)
+        # Everything below (spool line, row, span) is made of what crossed the boundary.
+        seen.clean(capture.secrets)
+        if in_flight:
+            row = self.rows.row(seen, capture.secrets)
             capture.cost_usd = row["cost_usd"]
             line = row_line(row)
         else:

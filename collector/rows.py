@@ -16,13 +16,15 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from collector import schema
+from collector.boundary import BODY_LIMIT, column_values, json_value
 from collector.failopen import failures
 from collector.pricing import PriceBook, Rates, cost_columns
 from collector.providers import Endpoint, Provider, RequestFacts, ResponseFacts, Usage, builtin_providers
@@ -76,6 +78,14 @@ class Observed:
     comparison: str | None = None
     agreement: bool | None = None
 
+    def clean(self, secrets: Sequence[str] = ()) -> None:
+        """Pass every field through the boundary (:mod:`collector.boundary`), in place: the
+        metadata, the path, errors and the facts read from streams all come from outside.
+        The bodies were cleaned as they were kept (:func:`collector.privacy.stored_body`)."""
+        for name in self.__slots__:
+            if name not in _BODY_FIELDS:
+                setattr(self, name, json_value(getattr(self, name), secrets))
+
     def spool_line(self) -> bytes:
         """The spool line that carries this call to the loader, which builds its row."""
         return _ENCODER.encode({OBSERVED_KEY: self}).encode() + b"\n"
@@ -90,6 +100,9 @@ class Observed:
             usage = response.pop("usage")
             observed.response = ResponseFacts(**response, usage=Usage(**usage) if usage is not None else None)
         return observed
+
+
+_BODY_FIELDS = frozenset({"request_text", "response_text"})
 
 
 def _plain(value: Any) -> Any:
@@ -122,7 +135,9 @@ class RowBuilder:
         """A builder for the spool loader: no OTLP export (the proxy exports in flight)."""
         return cls(PriceBook(price_overrides), SpanRecorder(None))
 
-    def row(self, seen: Observed) -> dict[str, Any]:
+    def row(self, seen: Observed, secrets: Sequence[str] = ()) -> dict[str, Any]:
+        """The row, span and bodies of ``seen``; every column crosses the boundary (with the
+        call's ``secrets``, when known) before the span is made of them."""
         endpoint = Endpoint(self.providers[seen.provider], seen.api)
         request = seen.request or endpoint.provider.read_request(
             endpoint.api, seen.path, json_or_none(seen.request_text)
@@ -155,8 +170,6 @@ class RowBuilder:
             "provider_cost_usd": response.provider_cost_usd,
             "request_features": request.features,
             "max_output_tokens": request.max_output_tokens,
-            "_start_ns": int(seen.started * 1e9),
-            "_end_ns": int(seen.ended * 1e9),
         }
         call.update(
             cost_columns(
@@ -169,6 +182,8 @@ class RowBuilder:
                 when=datetime.fromtimestamp(seen.started, UTC),
             )
         )
+        call = column_values(call, schema.LLM_CALLS, secrets)
+        call["_start_ns"], call["_end_ns"] = int(seen.started * 1e9), int(seen.ended * 1e9)
         span = self.spans.record(call, seen.traceparent)
         del call["_start_ns"], call["_end_ns"]
         call["span"] = span
@@ -229,37 +244,61 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def built_spool_file(sealed: Path, rows: Callable[[], RowBuilder] | None) -> Path:
-    """``sealed`` with every observed call replaced by its row: the file itself when it
-    holds none, else a new ``built-*`` file beside it (the caller deletes it).
+def built_spool_file(
+    sealed: Path, rows: Callable[[], RowBuilder] | None, set_aside: Callable[[bytes, str], None]
+) -> Path:
+    """A new ``built-*`` file beside ``sealed`` (the caller deletes it) holding a valid row line
+    for each of its lines: observed calls replaced by their rows, every row through the
+    boundary again (a file on disk is outside input too).
 
-    A call whose row cannot be built (a bug) is still stored, with what was observed of it."""
+    A call whose row cannot be built (a bug) is still stored, with what was observed of it. A
+    line that is not a call at all (not JSON, not an object, no call id or start time) is
+    handed to ``set_aside`` with the reason, and the rest of the file loads."""
     with open(sealed, "rb") as f:
         data = f.read()
-    if _OBSERVED_PREFIX not in data:
-        return sealed
-    if rows is None:
-        raise ValueError(f"{sealed.name} holds observed calls and no row builder was given")
-    builder = rows()
+    builder = rows() if rows is not None and _OBSERVED_PREFIX in data else None
     built = sealed.with_name("built-" + sealed.name)
     # Bodies: readable by the owner only, as the spool itself.
     with os.fdopen(os.open(built, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
         for line in data.splitlines(keepends=True):
-            if line.startswith(_OBSERVED_PREFIX):
-                line = _built_line(json.loads(line)[OBSERVED_KEY], builder)
-            out.write(line)
+            if not line.strip():
+                continue
+            try:
+                out.write(row_line(_loadable_row(json.loads(line), builder)))
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+                set_aside(line, f"{type(exc).__name__}: {exc}")
     return built
 
 
-def _built_line(data: dict[str, Any], builder: RowBuilder) -> bytes:
+def _loadable_row(data: Any, builder: RowBuilder | None) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValueError("a spool line must be a JSON object")
+    if OBSERVED_KEY in data:
+        if builder is None:
+            raise ValueError("an observed call and no row builder was given")
+        data = _built_row(data[OBSERVED_KEY], builder)
+    row = column_values(data, schema.LLM_CALLS)
+    if not row["call_id"] or not row["started_at"]:
+        raise ValueError("no call_id or no valid started_at")
+    body, span = data.get("body"), data.get("span")
+    row["body"] = column_values(body, _BODY_COLUMNS, mask_keys=False, limit=BODY_LIMIT) if body else None
+    row["span"] = column_values(span, _SPAN_COLUMNS) if span else None
+    return row
+
+
+_BODY_COLUMNS = {c: t for c, t in schema.CALL_BODIES.items() if c != "call_id"}
+_SPAN_COLUMNS = {c: t for c, t in schema.SPANS.items() if c != "call_id"}
+
+
+def _built_row(data: dict[str, Any], builder: RowBuilder) -> dict[str, Any]:
     seen = Observed.from_json(data)
+    seen.clean()
     try:
-        row = builder.row(seen)
+        return builder.row(seen)
     except Exception:
         failures["RowBuilder.row"] += 1
         log.exception("llmtap internal error building the row of call %s; stored as observed", seen.call_id)
-        row = {**_observed_columns(seen), "body": _bodies(seen)}
-    return row_line(row)
+        return {**_observed_columns(seen), "body": _bodies(seen)}
 
 
 def row_line(row: dict[str, Any]) -> bytes:

@@ -22,9 +22,13 @@ import time
 from collections import deque
 from pathlib import Path
 
+from collector.private import private_dir
+
 log = logging.getLogger("llmtap.spool")
 
 BACKLOG_LIMIT = 100_000
+#: The spool's sub-directory for lines the loader could not load (see :class:`Quarantine`).
+QUARANTINE_DIR = "quarantine"
 
 
 class Spool:
@@ -100,26 +104,45 @@ class Spool:
             )
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         self._seq += 1
         name = f"active-{os.getpid()}-{time.time_ns()}-{self._seq}.jsonl"
         self._active = self.directory / name
-        self._fd = os.open(self._active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # Readable too: if the file is deleted under us, its lines are read back (see below).
+        self._fd = os.open(self._active, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self._offset = 0
 
     def _close_active(self) -> Path | None:
         fd, path, size = self._fd, self._active, self._offset
         self._fd, self._active, self._offset = None, None, 0
-        if fd is not None:
-            os.close(fd)
-        if path is None:
+        if fd is None or path is None:
             return None
+        try:
+            if size and os.fstat(fd).st_nlink == 0:
+                self._rescue(_read_all(fd, size), path.name)
+                return None
+        finally:
+            os.close(fd)
         if size == 0:
             path.unlink(missing_ok=True)
             return None
         sealed = path.with_name("sealed-" + path.name.removeprefix("active-"))
         os.rename(path, sealed)
         return sealed
+
+    def _rescue(self, data: bytes, name: str) -> None:
+        """The active file was deleted (its directory removed by hand, say) while the spool held
+        it open: its lines go to the backlog, written anew with the next append or seal."""
+        log.error(
+            "spool file %s was deleted while in use (the spool directory removed?); its %d "
+            "call(s) are kept in memory and written again to %s; sealed files that were deleted "
+            "before the loader had them are lost",
+            name,
+            data.count(b"\n"),
+            self.directory,
+        )
+        for line in data.splitlines(keepends=True):
+            self._keep(line)
 
     # -- ingester side ------------------------------------------------------------
 
@@ -151,6 +174,17 @@ class Spool:
         return sorted(self.directory.glob("sealed-*.jsonl"), key=_spool_order)
 
 
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
 def _spool_order(path: Path) -> tuple[int, int]:
     _, _pid, ns, seq = path.stem.split("-")
     return int(ns), int(seq)
@@ -166,7 +200,18 @@ def _owner_alive(path: Path) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed proxy whose parent has not reaped it yet is a zombie: it answers signal 0 but
+    # will never write again, and its calls must not wait for the next start.
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
 
 
 def _repair_tail(path: Path) -> None:
@@ -177,3 +222,44 @@ def _repair_tail(path: Path) -> None:
             cut = data.rfind(b"\n") + 1
             f.truncate(cut)
             log.warning("dropped an unfinished spool line in %s", path.name)
+
+
+class Quarantine:
+    """Spool lines the loader could not load, set aside so that the rest of their file loads.
+
+    One bad line (a corrupt file, a bug, a value DuckDB refuses) once stopped the loader at
+    its file for good. Now it is appended, as it was, to a file of the same name under
+    ``SPOOL/quarantine/`` (mode 0600: a line may hold a prompt), the log says how many lines
+    of which file and why, and ``llmtap report`` counts them.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def set_aside(self, source: str, lines: list[tuple[bytes, str]]) -> None:
+        """Keep ``lines`` (each with the reason it could not be loaded) of spool file ``source``."""
+        if not lines:
+            return
+        private_dir(self.directory)
+        target = self.directory / source
+        with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+            for line, _ in lines:
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+        reasons = sorted({reason for _, reason in lines})
+        log.error(
+            "set aside %d spool line(s) of %s that could not be loaded, in %s (%s); the rest loads",
+            len(lines),
+            source,
+            target,
+            "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else ""),
+        )
+
+    def count(self) -> int:
+        """Lines set aside so far."""
+        if not self.directory.is_dir():
+            return 0
+        total = 0
+        for path in self.directory.iterdir():
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                total += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 20), b""))
+        return total

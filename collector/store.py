@@ -14,7 +14,9 @@ database; new readers wait for it to go (or go stale) before opening.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from collector import schema
-from collector.spool import Spool
+from collector.spool import QUARANTINE_DIR, Quarantine, Spool
 
 if TYPE_CHECKING:  # at run time these come in when needed: collector.pricing imports this module
     from collector.pricing import Rates
@@ -116,42 +118,84 @@ _SPOOL_COLUMNS = _spool_columns()
 
 
 def ingest_file(
-    con: duckdb.DuckDBPyConnection, path: Path, rows: Callable[[], RowBuilder] | None = None
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    rows: Callable[[], RowBuilder] | None = None,
+    quarantine: Quarantine | None = None,
 ) -> int:
     """Load one sealed spool file in a single transaction; returns rows added (0 if done before).
-    Its observed calls get their rows built first, by the builder ``rows`` gives."""
-    name = path.name
-    con.begin()
-    built: Path | None = None
-    try:
-        if con.execute("SELECT 1 FROM spool_ingested WHERE name = ?", [name]).fetchone():
-            con.rollback()
-            return 0
-        from collector.rows import built_spool_file
+    Its observed calls get their rows built first, by the builder ``rows`` gives. Lines that
+    cannot be loaded go to ``quarantine`` (by default the spool's own) and the rest loads."""
+    from collector.rows import built_spool_file
 
-        built = built_spool_file(path, rows)
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE batch AS SELECT * FROM read_json(?, "
-            f"format='newline_delimited', columns={_SPOOL_COLUMNS})",
-            [str(built)],
-        )
-        calls = ", ".join(schema.LLM_CALLS)
-        con.execute(f"INSERT INTO llm_calls SELECT {calls} FROM batch")
-        body_cols = ", ".join(f"body.{c}" for c in schema.CALL_BODIES if c != "call_id")
-        con.execute(f"INSERT INTO call_bodies SELECT call_id, {body_cols} FROM batch WHERE body IS NOT NULL")
-        span_cols = ", ".join("call_id" if c == "call_id" else f"span.{c}" for c in schema.SPANS)
-        con.execute(f"INSERT INTO spans SELECT {span_cols} FROM batch WHERE span IS NOT NULL")
-        (added,) = con.execute("SELECT count(*) FROM batch").fetchone()
-        con.execute("INSERT INTO spool_ingested (name, rows) VALUES (?, ?)", [name, added])
-        con.execute("DROP TABLE batch")
-        con.commit()
+    name = path.name
+    if con.execute("SELECT 1 FROM spool_ingested WHERE name = ?", [name]).fetchone():
+        return 0
+    quarantine = quarantine or Quarantine(path.parent / QUARANTINE_DIR)
+    unloadable: list[tuple[bytes, str]] = []
+    built = built_spool_file(path, rows, lambda line, reason: unloadable.append((line, reason)))
+    try:
+        try:
+            _read_batch(con, built)
+        except (duckdb.InvalidInputException, duckdb.ConversionException):
+            # The file, not the store: find the lines DuckDB refuses, one by one, and load the rest.
+            unloadable += _drop_unreadable_lines(con, built)
+            _read_batch(con, built)
+        con.begin()
+        try:
+            if con.execute("SELECT 1 FROM spool_ingested WHERE name = ?", [name]).fetchone():
+                con.rollback()
+                return 0
+            calls = ", ".join(schema.LLM_CALLS)
+            con.execute(f"INSERT INTO llm_calls SELECT {calls} FROM batch")
+            body_cols = ", ".join(f"body.{c}" for c in schema.CALL_BODIES if c != "call_id")
+            con.execute(
+                f"INSERT INTO call_bodies SELECT call_id, {body_cols} FROM batch WHERE body IS NOT NULL"
+            )
+            span_cols = ", ".join("call_id" if c == "call_id" else f"span.{c}" for c in schema.SPANS)
+            con.execute(f"INSERT INTO spans SELECT {span_cols} FROM batch WHERE span IS NOT NULL")
+            (added,) = con.execute("SELECT count(*) FROM batch").fetchone()
+            con.execute("INSERT INTO spool_ingested (name, rows) VALUES (?, ?)", [name, added])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        # Only once the rest is stored: a failed load leaves the whole file for the next try.
+        quarantine.set_aside(name, unloadable)
         return added
-    except BaseException:
-        con.rollback()
-        raise
     finally:
-        if built is not None and built != path:
-            built.unlink(missing_ok=True)
+        with contextlib.suppress(duckdb.Error):  # a broken connection must not hide why
+            con.execute("DROP TABLE IF EXISTS batch")
+        built.unlink(missing_ok=True)
+
+
+def _read_batch(con: duckdb.DuckDBPyConnection, built: Path) -> None:
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE batch AS SELECT * FROM read_json(?, "
+        f"format='newline_delimited', columns={_SPOOL_COLUMNS})",
+        [str(built)],
+    )
+
+
+def _drop_unreadable_lines(con: duckdb.DuckDBPyConnection, built: Path) -> list[tuple[bytes, str]]:
+    """Rewrite ``built`` without the lines DuckDB's reader refuses on their own; return them."""
+    kept: list[bytes] = []
+    refused: list[tuple[bytes, str]] = []
+    probe = built.with_name("probe-" + built.name)
+    try:
+        for line in built.read_bytes().splitlines(keepends=True):
+            probe.write_bytes(line)
+            try:
+                _read_batch(con, probe)
+            except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+                refused.append((line, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+            else:
+                kept.append(line)
+    finally:
+        probe.unlink(missing_ok=True)
+    with os.fdopen(os.open(built, os.O_WRONLY | os.O_TRUNC), "wb") as out:
+        out.writelines(kept)
+    return refused
 
 
 def ensure_schema(db_path: Path) -> None:

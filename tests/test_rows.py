@@ -25,7 +25,7 @@ from collector.recorder import Recorder
 from collector.rows import OBSERVED_KEY, RowBuilder
 from collector.spans import SpanRecorder
 from collector.spool import Spool
-from collector.store import Ingester, ensure_schema
+from collector.store import Ingester, ensure_schema, read_connection
 
 #: Every recording starts at the same instant, so that their rows compare equal.
 START = time.time() - 100
@@ -208,7 +208,7 @@ def test_modes_that_must_not_spool_bodies_build_rows_in_flight(tmp_path, prices,
 
 
 def test_a_row_that_cannot_be_built_is_stored_as_observed(tmp_path, prices, monkeypatch, caplog):
-    def broken(self, seen):
+    def broken(self, seen, secrets=()):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(RowBuilder, "row", broken)
@@ -236,7 +236,7 @@ def test_the_loader_child_prices_with_the_configs_overrides(tmp_path, prices):
     while list(paths.spool.glob("*.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not list(paths.spool.glob("*.jsonl")), "the child did not load the spool"
-    with duckdb.connect(str(paths.db), read_only=True) as con:
+    with read_connection(paths.db) as con:  # the child may still hold it for a moment
         cost, ref = con.execute(
             "SELECT cost_usd, price_ref FROM llm_calls WHERE request_model = 'gpt-4o-mini' AND NOT stream"
         ).fetchone()

@@ -10,7 +10,6 @@ never reads half of it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from analytics.routing import Recommendation
 from app.ui.data import View
 from collector.config import Settings
 from collector.pricing import PriceBook
+from collector.private import write_private
 from collector.rules import RULES_FILE, Rule, dump_rules, load_rules
 
 #: What the page can do with the recommended swaps: ``draft`` only shows the rules.
@@ -69,7 +69,6 @@ def write_rules(path: Path, drafted: Sequence[Rule]) -> list[Rule]:
     rules now in the file. RulesError if the present file is not valid (nothing written)."""
     merged = merge_rules(load_rules(path), drafted)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_rules(merged, "written by the llmtap dashboard's Recommendations page"), "utf-8")
-    os.replace(tmp, path)
+    header = "written by the llmtap dashboard's Recommendations page"
+    write_private(path, dump_rules(merged, header), keep_mode=True)
     return merged
