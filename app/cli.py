@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
+import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,9 +18,12 @@ from pathlib import Path
 from app.report import FORMATS as REPORT_FORMATS
 from app.report import METRICS, PERIODS
 from app.report import VIEWS as REPORT_VIEWS
-from collector.certs import client_env, ensure_ca
-from collector.config import ConfigError, Settings, load_settings, resolve_data_dir
+from collector import logs
+from collector.certs import client_env
+from collector.config import ConfigError, Paths, Settings, load_settings, resolve_data_dir
 from collector.export import FORMATS, export_calls, parse_instant
+from collector.private import PRIVATE_UMASK
+from collector.spool import Quarantine
 
 log = logging.getLogger("llmtap")
 
@@ -243,13 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="llmtap: %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("mitmproxy", "asyncio", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(verbose=getattr(args, "verbose", False))
+    # What llmtap writes (the store, the spool, exports) holds prompts: readable by this user
+    # only. `llmtap run` gives its command the user's own umask back.
+    args.user_umask = os.umask(PRIVATE_UMASK)
     try:
         return args.func(args) or 0
     except (ConfigError, ValueError, FileNotFoundError) as exc:
@@ -268,16 +271,76 @@ def _settings(args: argparse.Namespace, port: int | None) -> Settings:
     )
 
 
+DEFAULT_HOST = "127.0.0.1"
+PROXY_EXPOSURE = "can send traffic through it to any host and their LLM calls are recorded"
+UI_EXPOSURE = "can read every recorded call, prompts included; it has no authentication"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` is reachable from this machine only: 127.0.0.0/8, ::1,
+    or a name resolving to nothing else. ``""`` and 0.0.0.0 / ``::`` mean every interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False  # listening on it fails anyway
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def warn_if_exposed(host: str, port: int, exposure: str) -> None:
+    """Say on stderr, before listening, what anyone on the network gets when ``host`` is not
+    loopback: neither the proxy nor the dashboard has any authentication."""
+    if is_loopback(host):
+        return
+    where = _host_port(host, port) if port else f"{host} on the port it picks"
+    print(
+        f"llmtap: warning: listening on {host or 'every interface'}, not loopback only: anyone who can "
+        f"reach {where} {exposure}. Use --host 127.0.0.1 unless that is what you want.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (as in a URL)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_host(host: str) -> str:
+    """Where clients on this machine reach a proxy listening on ``host``: a wildcard address
+    (every interface) is reached on loopback."""
+    return {"": DEFAULT_HOST, "0.0.0.0": DEFAULT_HOST, "::": "::1"}.get(host, host)
+
+
+def env_command(settings: Settings, port: int) -> str:
+    """The `llmtap env` command that points a shell at this proxy: its port and data dir
+    (whose CA bundle clients must trust; another data dir has another CA and TLS fails),
+    and its host unless the default, shell-quoted."""
+    command = ["llmtap", "env"]
+    host = _client_host(settings.listen_host)
+    if host != DEFAULT_HOST:
+        command += ["--host", host]
+    command += ["--port", str(port), "--data-dir", str(settings.data_dir)]
+    return shlex.join(command)
+
+
 def cmd_proxy(args: argparse.Namespace) -> int:
     from collector.proxy import LlmtapProxy
 
-    proxy = LlmtapProxy(_settings(args, args.port))
+    settings = _settings(args, args.port)
+    warn_if_exposed(settings.listen_host, settings.listen_port, PROXY_EXPOSURE)
+    proxy = LlmtapProxy(settings)
 
     def announce(listening) -> None:
         print(f"llmtap proxy listening on {listening.url}", flush=True)
         print(f"CA bundle: {listening.ca_bundle}", flush=True)
         print(f"store: {proxy.settings.paths.db}", flush=True)
-        print(f'point apps at it with: eval "$(llmtap env --port {listening.port})"', flush=True)
+        print(f'point apps at it with: eval "$({env_command(settings, listening.port)})"', flush=True)
 
     try:
         asyncio.run(proxy.serve(announce))
@@ -290,10 +353,102 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0 if saved else 1
 
 
+#: Commands that run their code on the ``node`` found on the PATH.
+NODE_TOOLS = {"npm", "npx", "yarn", "pnpm", "tsx"}
+#: Node's built-in fetch honours HTTPS_PROXY (with NODE_USE_ENV_PROXY=1) from these versions:
+#: 22.21 in the 22 line, 24.0 onwards; 23 never had it.
+NODE_ENV_PROXY_SINCE = ((22, 21), (24, 0))
+
+
+def node_honours_env_proxy(version: str) -> bool:
+    """Whether Node ``version`` (``node --version``, e.g. ``v22.21.0``) sends fetch through
+    HTTPS_PROXY; True when the version cannot be read (better no warning than a wrong one)."""
+    match = re.match(r"v?(\d+)\.(\d+)", version.strip())
+    if match is None:
+        return True
+    major, minor = int(match[1]), int(match[2])
+    line_22, since_24 = NODE_ENV_PROXY_SINCE
+    return (major, minor) >= since_24 or line_22 <= (major, minor) < (23, 0)
+
+
+def _node_version(node: str, path: str | None) -> tuple[str, str] | None:
+    """(the node executable ``node`` resolves to on ``path``, its version), or None when
+    there is none or it does not answer within 5 s."""
+    executable = shutil.which(node, path=path)
+    if executable is None:
+        return None
+    try:
+        done = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (executable, done.stdout.strip()) if done.returncode == 0 else None
+
+
+def warn_if_old_node(node: str = "node", path: str | None = None) -> bool:
+    """Warn on stderr when ``node`` (default: the one on the PATH) is too old for its fetch
+    to go through the proxy, so its calls would silently go unrecorded. Whether it warned."""
+    found = _node_version(node, path)
+    if found is None or node_honours_env_proxy(found[1]):
+        return False
+    executable, version = found
+    print(
+        f"llmtap: warning: {executable} is Node {version}: its built-in fetch ignores HTTPS_PROXY "
+        "before Node 22.21 (or 24), so its LLM calls will not be recorded; use Node >= 22.21, "
+        "or give the app a proxy agent",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _node_of(cmd: list[str]) -> str | None:
+    """The node that ``cmd`` runs on: itself when it is a node binary, the PATH's for npm,
+    npx, yarn, pnpm and tsx; None for other commands."""
+    name = os.path.basename(cmd[0])
+    if name in ("node", "nodejs"):
+        return cmd[0]
+    return "node" if name in NODE_TOOLS else None
+
+
+NOTHING_RECORDED_HINTS = (
+    "llmtap: warning: no LLM calls were recorded. Does the app honour HTTPS_PROXY? Python's "
+    "requests and httpx (so the openai and anthropic SDKs) and curl do; Node's built-in fetch only "
+    "from Node 22.21 (or 24) with NODE_USE_ENV_PROXY=1, which is set; other clients may need their "
+    "own proxy setting. Calls to hosts llmtap does not know pass through unrecorded (add them under "
+    "[hosts] in the config)."
+)
+
+
+def _say_recorded(count: int, node_warned: bool) -> None:
+    """The last word of `llmtap run`: how many calls were recorded; when none, why that may be."""
+    print(f"llmtap: {count} LLM calls recorded", file=sys.stderr)
+    if count == 0:
+        print(NOTHING_RECORDED_HINTS, file=sys.stderr)
+        if not node_warned:
+            warn_if_old_node()
+
+
 def _free_port(host: str) -> int:
-    with socket.socket() as s:
+    """A port free on ``host`` now (an IPv6 address needs an IPv6 socket)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _proxy_url(host: str, port: int) -> str:
+    """The proxy URL clients on this machine use for a proxy listening on ``host``."""
+    return f"http://{_host_port(_client_host(host), port)}"
+
+
+def _call(cmd: list[str], env: dict[str, str], umask: int) -> int:
+    """Run ``cmd`` to its end, with ``umask``; its exit code (127 when it does not exist, 130
+    on Ctrl-C)."""
+    try:
+        return subprocess.call(cmd, env=env, umask=umask)
+    except FileNotFoundError:
+        print(f"llmtap: error: command not found: {shlex.join(cmd[:1])}", file=sys.stderr)
+        return 127
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -307,27 +462,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     port = args.port if args.port is not None else _free_port(args.host)
+    settings = _settings(args, port)
+    warn_if_exposed(settings.listen_host, port, PROXY_EXPOSURE)
+    node = _node_of(cmd)
+    node_warned = node is not None and warn_if_old_node(node)
     try:
-        with serving_in_background(_settings(args, port)) as proxy:
+        with serving_in_background(settings) as proxy:
             assert proxy.listening is not None
-            env = {**os.environ, **client_env(proxy.listening.url, proxy.ca_bundle)}
-            try:
-                return subprocess.call(cmd, env=env)
-            except FileNotFoundError:
-                print(f"llmtap: error: command not found: {shlex.join(cmd[:1])}", file=sys.stderr)
-                return 127
-            except KeyboardInterrupt:
-                return 130
+            url = _proxy_url(settings.listen_host, proxy.listening.port)
+            env = {**os.environ, **client_env(url, proxy.ca_bundle)}
+            code = _call(cmd, env, args.user_umask)
     except ProxyStartError as exc:
         print(f"llmtap: error: {exc}", file=sys.stderr)
         return 1
+    if code != 127:
+        _say_recorded(proxy.recorder.calls_recorded, node_warned)
+    return code
 
 
 def cmd_env(args: argparse.Namespace) -> int:
+    """Print the exports; read-only: the CA and its bundle are the proxy's to create (else
+    `env` would make a CA that no proxy uses). When the bundle is not there yet, the exports
+    still name where the proxy will write it (so `llmtap proxy & eval "$(llmtap env)"` works
+    on a first run) and stderr says to start the proxy with this data dir."""
     settings = load_settings(data_dir=args.data_dir)
-    bundle = ensure_ca(settings.paths)
-    for name, value in client_env(f"http://{args.host}:{args.port}", bundle).items():
+    bundle = settings.paths.ca_bundle
+    for name, value in client_env(_proxy_url(args.host, args.port), bundle).items():
         print(f"export {name}={shlex.quote(value)}")
+    if not bundle.exists():
+        start = shlex.join(["llmtap", "proxy", "--data-dir", str(settings.data_dir)])
+        print(
+            f"llmtap: note: no CA bundle in {settings.data_dir} yet; `{start}` creates it when it "
+            "starts: start it before the apps, or their HTTPS calls fail",
+            file=sys.stderr,
+        )
+    warn_if_old_node()
     return 0
 
 
@@ -354,6 +523,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = {"period": args.period, "limit": args.limit, "bucket": args.bucket, "metric": args.metric}
     report = build(_db(args), args.show, by, since, until, **options)
     write(report, args.format, title(report, since, until))
+    quarantine = Paths(resolve_data_dir(args.data_dir)).quarantine
+    if set_aside := Quarantine(quarantine).count():
+        print(
+            f"llmtap: {set_aside} recorded call(s) could not be loaded into the store; they are kept "
+            f"in {quarantine} (see README, Storage)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -411,6 +587,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from app.ui.launch import serve
 
     settings = load_settings(data_dir=args.data_dir, config_file=args.config)  # a bad config stops here
+    warn_if_exposed(args.host, args.port, UI_EXPOSURE)
     try:
         return serve(settings.data_dir, Path(args.config) if args.config else None, args.host, args.port)
     except OSError as exc:

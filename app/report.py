@@ -3,18 +3,26 @@
 Each view is one analysis function run on ``analytics.load(db, since, until)``; the
 report only chooses its parameters and renders the DataFrame it returns, as a rich
 table, JSON or CSV. The summary and spend views also list the models with usage but no
-price, so the user knows which costs are missing and how to add them.
+price, so the user knows which costs are missing and how to add them, and end with a
+total over the window (the same function over every call, so percentiles are true ones).
+
+Values in the table come from the traffic (app names, models, properties are whatever
+clients sent), so control characters are shown escaped: an app named ``"x\\x1b[2J"``
+cannot clear the user's terminal. JSON and CSV are data and carry values as they are.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from collector import boundary
 
 if TYPE_CHECKING:
     import polars as pl
@@ -41,13 +49,26 @@ class View:
     #: Which report options the function takes (report option name -> keyword argument).
     options: dict[str, str] = field(default_factory=dict)
     lists_unpriced: bool = False
+    #: Ends with a total over the window (the function run with no grouping). Such views
+    #: also sum token columns, whose sums are shown unknown (not 0) where no call reported them.
+    totals: bool = False
 
 
 VIEWS: dict[str, View] = {
     "summary": View(
-        "summary", ("model",), "calls, tokens, cost, p50/p95 latency, errors", lists_unpriced=True
+        "summary",
+        ("model",),
+        "calls, tokens, cost, p50/p95 latency, errors, and their total",
+        lists_unpriced=True,
+        totals=True,
     ),
-    "spend": View("spend", ("model",), "calls, every token kind and cost", lists_unpriced=True),
+    "spend": View(
+        "spend",
+        ("model",),
+        "calls, every token kind and cost, and their total",
+        lists_unpriced=True,
+        totals=True,
+    ),
     "latency": View("latency", ("provider", "model"), "latency and TTFT percentiles, stream speed"),
     "errors": View("errors", ("provider", "model"), "errors by kind"),
     "truncations": View("truncations", ("model",), "answers cut off at the output limit"),
@@ -63,6 +84,18 @@ VIEWS: dict[str, View] = {
 
 _HEADERS = {"run_rate_usd_per_hour": "run rate $/h"}
 _TIME_FORMATS = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d", "week": "%Y-%m-%d", "month": "%Y-%m"}
+#: The token sums a view may hold (analytics.metrics.TOKEN_COLUMNS).
+_TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+#: The label of the total row, in its first grouping column.
+TOTAL = "total"
+#: CSV's time format (ISO 8601, UTC).
+_CSV_TIME = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass(frozen=True)
@@ -73,6 +106,8 @@ class Report:
     by: list[str]
     table: pl.DataFrame
     unpriced: pl.DataFrame | None
+    #: One row, the view's columns less the grouping ones: the whole window (views with totals).
+    total: pl.DataFrame | None = None
 
 
 def build(
@@ -98,9 +133,34 @@ def build(
     }
     if view == "burn" and until is not None:
         kwargs["now"] = until
-    table = getattr(analytics, spec.function)(calls, by=groups, **kwargs)
+    function = getattr(analytics, spec.function)
+    if not spec.totals:
+        return Report(view, groups, function(calls, by=groups, **kwargs), None)
+    table = _known_sums(function, calls, groups, kwargs)
+    total = _known_sums(function, calls, [], kwargs) if groups else None
     unpriced = analytics.unpriced(calls) if spec.lists_unpriced else None
-    return Report(view, groups, table, unpriced)
+    return Report(view, groups, table, unpriced, total)
+
+
+def _known_sums(function: Any, calls: pl.LazyFrame, by: list[str], kwargs: dict[str, Any]) -> pl.DataFrame:
+    """``function(calls, by)`` with each token sum null where no call of the group reported
+    that count: an embeddings call has no output tokens (NULL), and a sum of 0 would say it
+    produced none. The counts of known values come from the same function run on 0/1 flags,
+    so its filters and groups are exactly the table's."""
+    import polars as pl
+
+    table = function(calls, by=by, **kwargs)
+    tokens = [c for c in _TOKEN_COLUMNS if c in table.columns]
+    if not tokens or table.is_empty():
+        return table
+    flags = calls.with_columns(pl.col(c).is_not_null().cast(pl.Int64) for c in tokens)
+    known = function(flags, by=by, **kwargs).select(*by, *(pl.col(c).alias(f"{c} known") for c in tokens))
+    if by:
+        both = table.join(known, on=by, how="left", nulls_equal=True, maintain_order="left")
+    else:
+        both = table.hstack(known)
+    unknown_to_null = (pl.when(pl.col(f"{c} known") > 0).then(pl.col(c)).alias(c) for c in tokens)
+    return both.with_columns(unknown_to_null).select(table.columns)
 
 
 def title(report: Report, since: datetime | None, until: datetime | None) -> str:
@@ -117,44 +177,92 @@ def write(report: Report, fmt: str, heading: str, out: TextIO | None = None) -> 
     out = out or sys.stdout
     if fmt == "json":
         document = {"view": report.view, "by": report.by, "title": heading, "rows": _records(report.table)}
+        if report.total is not None:
+            document["total"] = _records(report.total)[0]
         if report.unpriced is not None:
             document["unpriced"] = _records(report.unpriced)
         out.write(json.dumps(document, indent=2) + "\n")
         return
     if fmt == "csv":
-        out.write(report.table.write_csv(datetime_format="%Y-%m-%dT%H:%M:%SZ"))
+        out.write(_with_total_row(report).write_csv(datetime_format=_CSV_TIME))
         if report.unpriced is not None and report.unpriced.height:
-            models = ", ".join(report.unpriced["model"])
+            models = ", ".join(printable(model) for model in report.unpriced["model"])
             print(f"llmtap: models with usage but no price (cost left out): {models}", file=sys.stderr)
         return
     from rich.console import Console
     from rich.text import Text
 
     console = Console(file=out, width=None if out.isatty() else 10_000, highlight=False, markup=False)
-    console.print(Text(heading, style="bold"), soft_wrap=True)
+    console.print(Text(printable(heading), style="bold"), soft_wrap=True)
     if report.table.is_empty():
         console.print("no calls recorded in this window" if report.view != "anomalies" else "no anomalies")
     else:
-        console.print(render(report.table))
+        total = report.total.row(0, named=True) if report.total is not None else None
+        console.print(render(report.table, total))
     if report.unpriced is not None and report.unpriced.height:
         console.print("\n" + UNPRICED_NOTE, soft_wrap=True)
         console.print(render(report.unpriced))
 
 
-def render(frame: pl.DataFrame) -> Table:
-    """A DataFrame as a rich table: text left, numbers right, money to 4 decimals,
-    shares as percentages, time buckets as dates, missing values as ``-``."""
+def _with_total_row(report: Report) -> pl.DataFrame:
+    """The CSV table: the rows, then the total with ``total`` in the first grouping column
+    and the other grouping columns empty (so grouping columns become text, see _csv_text)."""
+    import polars as pl
+
+    if report.total is None:
+        return report.table
+    keys = [_csv_text(k, report.table.schema[k]) for k in report.by]
+    labels = [pl.lit(TOTAL if i == 0 else None, pl.String).alias(k) for i, k in enumerate(report.by)]
+    total = report.total.with_columns(labels).select(report.table.columns)
+    return pl.concat([report.table.with_columns(keys), total], how="vertical_relaxed")
+
+
+def _csv_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A grouping column as CSV text: time buckets in the CSV's time format, lists (e.g.
+    finish_reasons) as ``[stop, length]`` (CSV has no nested values), the rest as is."""
+    import polars as pl
+
+    column = pl.col(name)
+    if dtype.is_temporal():
+        return column.dt.strftime(_CSV_TIME)
+    if isinstance(dtype, pl.List):
+        items = column.list.eval(pl.element().cast(pl.String)).list.join(", ")
+        return pl.concat_str(pl.lit("["), items, pl.lit("]")).alias(name)
+    return column.cast(pl.String)
+
+
+def render(frame: pl.DataFrame, total: dict[str, Any] | None = None) -> Table:
+    """A DataFrame as a rich table: text left (control characters escaped), numbers right,
+    money to 4 decimals (more below a cent), shares as percentages, time buckets as dates,
+    missing values as ``-``; with ``total`` (values by column) as a footer under a rule."""
     import polars as pl
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    footers = _footers(frame.columns, total) if total is not None else dict.fromkeys(frame.columns, "")
+    table = Table(
+        box=box.SIMPLE if total is not None else box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold",
+        show_footer=total is not None,
+        footer_style="bold",
+    )
     for name, dtype in frame.schema.items():
         text = dtype == pl.String or dtype.is_temporal()
-        table.add_column(_header(name), justify="left" if text else "right")
+        table.add_column(printable(_header(name)), footer=footers[name], justify="left" if text else "right")
+    # Text, not str: rich would read markup and :emoji: codes in a str taken from the traffic.
     for row in frame.iter_rows(named=True):
-        table.add_row(*(_cell(name, value) for name, value in row.items()))
+        table.add_row(*(Text(_cell(name, value)) for name, value in row.items()))
     return table
+
+
+def _footers(columns: list[str], total: dict[str, Any]) -> dict[str, str]:
+    """The total row's cells: its values, ``total`` in the first grouping column (the first
+    one the total lacks), nothing in the other grouping columns."""
+    labels = iter([TOTAL])
+    return {name: _cell(name, total[name]) if name in total else next(labels, "") for name in columns}
 
 
 def _header(name: str) -> str:
@@ -173,14 +281,31 @@ def _cell(name: str, value: object) -> str:
     if isinstance(value, datetime):
         return value.strftime(_TIME_FORMATS.get(name, "%Y-%m-%d %H:%M"))
     if isinstance(value, Decimal | float) and "_usd" in name:
-        return f"{value:,.4f}"
+        return money(value)
     if isinstance(value, float) and (name.endswith(("_share", "_rate")) or name == "error_rate"):
         return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value)
+    return printable(str(value))
+
+
+def money(value: Decimal | float) -> str:
+    """Dollars to 4 decimals, or, below a cent, to two significant digits (up to the store's
+    9 places): an embeddings call's $0.000012 must not read as $0.0000, a cost of nothing."""
+    size = abs(value)
+    if size >= Decimal("0.01") or size == 0 or not math.isfinite(size):
+        return f"{value:,.4f}"
+    places = min(9, 1 - math.floor(math.log10(size)))
+    return f"{value:,.{places}f}"
+
+
+def printable(text: str) -> str:
+    """``text`` on one line of the terminal: a value from the traffic must not move the cursor,
+    clear the screen or retitle the terminal (:func:`collector.boundary.printable`), nor
+    break a table row (tab and newline shown as escapes too)."""
+    return boundary.printable(text).replace("\n", "\\x0a").replace("\t", "\\x09")
 
 
 def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:

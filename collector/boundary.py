@@ -36,6 +36,7 @@ from collector.privacy import KEYLIKE, MASK, SECRET_HEADERS, SECRET_QUERY_KEYS
 
 __all__ = [
     "BODY_LIMIT",
+    "CONTROL",
     "JSON_DEPTH",
     "JSON_ITEMS",
     "TEXT_LIMIT",
@@ -63,8 +64,12 @@ _INT_RANGES = {"BIGINT": (-(2**63), 2**63 - 1), "INTEGER": (-(2**31), 2**31 - 1)
 #: DECIMAL(18,9) holds 9 digits before the point.
 _DECIMAL_BOUND = Decimal(10) ** 9
 _NANO = Decimal("0.000000001")
+#: The shortest text :data:`collector.privacy.KEYLIKE` matches (``xoxb-`` and 10 more).
+_SHORTEST_KEY = 15
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: What :func:`printable` escapes: C0 controls but tab and newline, DEL, C1 controls, and the
+#: bidirectional overrides and isolates, which make text display in another order than stored.
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 #: A secret header's value as libraries print it: ``authorization: Bearer ...``,
 #: ``(b'authorization', b'Bearer ...')`` (hpack), ``'x-api-key': '...'`` (a dict's repr).
 _HEADER_IN_LOG = re.compile(
@@ -93,7 +98,8 @@ def text(value: str, secrets: Sequence[str] = (), limit: int = TEXT_LIMIT, mask_
     for secret in secrets:
         if secret in value:
             value = value.replace(secret, MASK)
-    if mask_keys:
+    # Most values (methods, hosts, app names) are too short to hold a key: no regex scan.
+    if mask_keys and len(value) >= _SHORTEST_KEY and KEYLIKE.search(value):
         value = KEYLIKE.sub(MASK, value)
     if cut or len(value) > limit:
         value = value[:limit] + TRUNCATED
@@ -210,9 +216,15 @@ def _is_instant(value: str) -> bool:
 
 
 def printable(value: str) -> str:
-    """``value`` for a terminal or a page: control characters (ESC, NUL, C1, ...) shown as
-    ``\\x1b`` escapes instead of acting; tab and newline kept."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", value)
+    """``value`` for a terminal or a page: control characters shown as escapes (ESC as
+    ``\\x1b``, U+202E as ``\\u202e``) instead of acting or vanishing; tab and newline kept
+    (a CRLF line end stays a line end)."""
+    return CONTROL.sub(_escaped, value.replace("\r\n", "\n"))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def log_line(line: str) -> str:

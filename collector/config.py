@@ -46,6 +46,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -53,6 +54,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from collector.pricing import Rates, tier_ref
+from collector.spool import QUARANTINE_DIR
 
 CAPTURE_MODES = ("full", "redacted", "metadata")
 
@@ -90,6 +92,11 @@ class Paths:
     @property
     def spool(self) -> Path:
         return self.data_dir / "spool"
+
+    @property
+    def quarantine(self) -> Path:
+        """Spool lines the loader could not load (see :class:`collector.spool.Quarantine`)."""
+        return self.spool / QUARANTINE_DIR
 
     @property
     def ca_dir(self) -> Path:
@@ -168,6 +175,7 @@ class Settings:
     extra_hosts: dict[str, str] = field(default_factory=dict)
     capture: str = "full"
     default_app: str | None = None
+    #: The OTLP/HTTP URL spans are POSTed to (see :func:`otlp_traces_url`); None: no export.
     otlp_endpoint: str | None = None
     #: Per-model price overrides from the config's ``[prices."MODEL"]`` tables.
     prices: dict[str, Rates] = field(default_factory=dict)
@@ -254,13 +262,35 @@ def load_settings(
         extra_hosts={h.lower(): p for h, p in file_values.get("hosts", {}).items()},
         capture=capture,
         default_app=file_values.get("app"),
-        otlp_endpoint=file_values.get("otlp_endpoint") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        otlp_endpoint=otlp_traces_url(file_values.get("otlp_endpoint"), os.environ),
         prices=_parse_prices(file_values.get("prices", {})),
         stream_usage=_parse_stream_usage(file_values.get("stream_usage", {})),
         budgets=_parse_budgets(file_values.get("budgets", {})),
         recommend=parse_recommend(file_values.get("recommend", {})),
         routing=_parse_routing(file_values.get("routing", {}), rules_file),
     )
+
+
+def otlp_traces_url(configured: str | None, environ: Mapping[str, str]) -> str | None:
+    """Where spans go: the config's ``otlp_endpoint``, else the OpenTelemetry variables in the
+    precedence of the OTLP exporter spec.
+
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (traces only) wins over ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    (every signal) and is the full URL, used as is; the shared one, like ``otlp_endpoint``, is a
+    base to which ``/v1/traces`` is added (unless it already ends so). An empty variable is unset,
+    as the spec says."""
+    if configured:
+        return _with_traces_path(configured)
+    if traces := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
+        return traces
+    if base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+        return _with_traces_path(base)
+    return None
+
+
+def _with_traces_path(base: str) -> str:
+    base = base.rstrip("/")
+    return base if base.endswith("/v1/traces") else base + "/v1/traces"
 
 
 def _parse_routing(table: Any, rules_flag: str | None) -> RoutingSpec:

@@ -29,9 +29,11 @@ class MaskingFormatter(logging.Formatter):
 
 def setup(verbose: bool = False) -> None:
     """Log to stderr, at DEBUG with ``verbose``, every line masked."""
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if isinstance(h.formatter, MaskingFormatter)]:
+        root.removeHandler(previous)  # set up again (a second command in one process)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(MaskingFormatter(FORMAT))
-    root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in QUIET:

@@ -28,6 +28,7 @@ from collector.ingest_worker import IngestWorker
 from collector.metadata import MetadataHeaders
 from collector.pipeline import Pipeline
 from collector.pricing import PriceBook
+from collector.private import private_dir, tighten
 from collector.providers import ProviderRegistry
 from collector.recorder import Recorder
 from collector.routing import Router
@@ -36,7 +37,7 @@ from collector.spans import SpanRecorder
 from collector.spool import Spool
 from collector.store import ensure_schema
 from collector.stream_usage import StreamUsage
-from collector.upstream import UpstreamRewrite
+from collector.upstream import QuickAck, UpstreamRewrite
 
 log = logging.getLogger("llmtap.proxy")
 
@@ -67,12 +68,13 @@ class LlmtapProxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         paths = settings.paths
-        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(paths.data_dir)
         self.ca_bundle = ensure_ca(paths)
         try:
             ensure_schema(paths.db)
         except Exception as exc:  # the ingester retries; traffic must not wait on the store
             log.error("store %s not ready (%s); calls are spooled until it is", paths.db, exc)
+        tighten(paths.data_dir)  # a directory an older llmtap made readable to all
         self.registry = ProviderRegistry(extra_hosts=settings.extra_hosts)
         self.spool = Spool(paths.spool)
         self.ingester = IngestWorker(self.spool, paths.db, settings.prices)
@@ -120,6 +122,10 @@ class LlmtapProxy:
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         self._configure(opts)  # after DumpMaster: its addons declare most options
         self.master = master
+        # mitmproxy exits when anything logs an error during start-up. Its own errors (a port
+        # in use) should stop it; llmtap's (a broken store, a spool it cannot load yet) must
+        # not: the proxy then serves traffic and says what it could not do.
+        master.addons.get("errorcheck").logger.addFilter(_not_llmtap)
 
         def ready(port: int) -> None:
             host = self.settings.listen_host
@@ -132,6 +138,7 @@ class LlmtapProxy:
         # is prepared for upstream (a blocked call never leaves).
         master.addons.add(
             Pipeline(
+                QuickAck(),  # first: the client's request body must not wait on llmtap's work
                 MetadataHeaders(self.settings.default_app),
                 self.recorder,
                 *([self.budgets] if self.budgets is not None else []),
@@ -211,6 +218,10 @@ def serving_in_background(settings: Settings) -> Iterator[LlmtapProxy]:
         proxy.shutdown()
         thread.join()
         proxy.close()
+
+
+def _not_llmtap(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("llmtap")
 
 
 def _ignore_cancelled(loop: asyncio.AbstractEventLoop, context: dict) -> None:

@@ -79,12 +79,11 @@ class Observed:
     agreement: bool | None = None
 
     def clean(self, secrets: Sequence[str] = ()) -> None:
-        """Pass every field through the boundary (:mod:`collector.boundary`), in place: the
-        metadata, the path, errors and the facts read from streams all come from outside.
-        The bodies were cleaned as they were kept (:func:`collector.privacy.stored_body`)."""
-        for name in self.__slots__:
-            if name not in _BODY_FIELDS:
-                setattr(self, name, json_value(getattr(self, name), secrets))
+        """Pass every field from outside through the boundary (:mod:`collector.boundary`), in
+        place: the metadata, the path, errors and the facts read from streams. The bodies were
+        cleaned as they were kept (:func:`collector.privacy.stored_body`)."""
+        for name in _OUTSIDE_FIELDS:
+            setattr(self, name, json_value(getattr(self, name), secrets))
 
     def spool_line(self) -> bytes:
         """The spool line that carries this call to the loader, which builds its row."""
@@ -102,7 +101,23 @@ class Observed:
         return observed
 
 
-_BODY_FIELDS = frozenset({"request_text", "response_text"})
+#: The fields whose values come from outside (the client, the upstream, the config's names);
+#: the others are llmtap's own (ids, times, flags, the capture mode, the provider matched).
+_OUTSIDE_FIELDS = (
+    "method",
+    "host",
+    "path",
+    "app",
+    "user_id",
+    "session_id",
+    "properties",
+    "traceparent",
+    "error",
+    "request",
+    "response",
+    "routed_from_model",
+    "routing_rule",
+)
 
 
 def _plain(value: Any) -> Any:

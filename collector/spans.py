@@ -48,6 +48,10 @@ ATTRIBUTES = {
     "ttft_ms": "llmtap.ttft_ms",
 }
 
+#: Whether the call was a stream (the GenAI conventions' attribute, set only on streams:
+#: "if unset, the request is assumed to be non-streaming").
+STREAM_ATTRIBUTE = "gen_ai.request.stream"
+
 #: A W3C ``traceparent`` value: version, trace id, parent span id, flags.
 TRACEPARENT = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*$")
 
@@ -60,6 +64,7 @@ class SpanIds(NamedTuple):
 
 class SpanRecorder:
     def __init__(self, otlp_endpoint: str | None = None) -> None:
+        """``otlp_endpoint``: the full OTLP/HTTP traces URL (``Settings.otlp_endpoint``), or None."""
         self._exporter = OtlpExporter(otlp_endpoint) if otlp_endpoint else None
 
     @property
@@ -79,6 +84,8 @@ class SpanRecorder:
                 value = float(value)  # OpenTelemetry attributes take no Decimal
             if value is not None and value != []:
                 attributes[attribute] = value
+        if call.get("stream"):
+            attributes[STREAM_ATTRIBUTE] = True
         if call["error"]:
             attributes["error.type"] = _error_type(call)
         if self._exporter is not None:
@@ -129,7 +136,7 @@ def new_span_ids(traceparent: str | None) -> SpanIds:
 class OtlpExporter:
     """Spans made and exported over OTLP/HTTP by the OpenTelemetry SDK (batched, in the background)."""
 
-    def __init__(self, otlp_endpoint: str) -> None:
+    def __init__(self, traces_url: str) -> None:
         # Imported here: the SDK and the exporter are only loaded into a proxy that exports.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
@@ -137,11 +144,9 @@ class OtlpExporter:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        endpoint = otlp_endpoint.rstrip("/")
-        if not endpoint.endswith("/v1/traces"):
-            endpoint += "/v1/traces"
+        # As resolved by collector.config.otlp_traces_url: a traces-only endpoint is used as is.
         self._provider = TracerProvider(resource=Resource.create({"service.name": "llmtap"}))
-        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url)))
         self._tracer = self._provider.get_tracer("llmtap")
         self._propagator = TraceContextTextMapPropagator()
 

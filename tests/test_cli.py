@@ -9,6 +9,8 @@ import textwrap
 
 import duckdb
 
+from collector.certs import ensure_ca
+from collector.config import Paths
 from tests.upstream import Reply
 
 LLMTAP = [sys.executable, "-m", "app.cli"]
@@ -19,6 +21,7 @@ def llmtap(*args: str, **kw) -> subprocess.CompletedProcess[str]:
 
 
 def test_env_prints_every_contract_variable(tmp_path):
+    ensure_ca(Paths(tmp_path))  # as `llmtap proxy` does when it starts; `env` creates nothing
     out = llmtap("env", "--port", "9123", "--data-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
     env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in out.stdout.splitlines())
@@ -67,6 +70,8 @@ def test_run_exits_with_command_code_after_calls_are_stored(tmp_path, upstream):
         script,
     )
     assert result.returncode == 7, result.stderr
+    assert "llmtap: 3 LLM calls recorded" in result.stderr
+    assert "no LLM calls were recorded" not in result.stderr
     with duckdb.connect(str(data / "llmtap.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM llm_calls WHERE response_id = 'run-1'").fetchone() == (3,)
     assert not list((data / "spool").glob("*.jsonl"))

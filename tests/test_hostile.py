@@ -212,6 +212,11 @@ def test_the_loader_sets_aside_lines_it_cannot_load_and_loads_the_rest(tmp_path,
     assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in (spool_dir / QUARANTINE_DIR).iterdir())
     assert "set aside 4 spool line(s)" in caplog.text
     assert not list(spool_dir.glob("*.jsonl"))
+    command = [sys.executable, "-m", "app.cli", "report", "--data-dir", str(tmp_path)]
+    report = subprocess.run(command, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    kept = spool_dir / QUARANTINE_DIR
+    assert f"4 recorded call(s) could not be loaded into the store; they are kept in {kept}" in report.stderr
 
 
 def test_lines_duckdb_refuses_are_set_aside_one_by_one(tmp_path, monkeypatch):
@@ -351,3 +356,27 @@ def test_writing_rules_keeps_a_private_rules_file_private(tmp_path, upstream):
         result = subprocess.run([sys.executable, "-m", "app.cli", *command], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_verbose_logs_never_show_secret_headers_or_key_parameters(tmp_path, upstream):
+    """HTTP/2 (curl --http2): hpack and mitmproxy print every header at debug level."""
+    upstream.routes["/v1/chat/completions"] = Reply.json(REPLY)
+    key, cookie, query = (f"{name}{os.urandom(12).hex()}" for name in ("Zbearer", "Zcookie", "Zquery"))
+    with running_proxy(tmp_path / "data", upstream, extra_args=["-v"]) as proxy:
+        curl(
+            proxy,
+            "--http2",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "-H",
+            f"Cookie: session={cookie}",
+            "-H",
+            f"x-api-key: {key}",
+        )
+        url = f"https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent?key={query}"
+        env = {**os.environ, **proxy.env}
+        subprocess.run(["curl", "-sS", "--http2", url, "-d", "{}"], env=env, check=True, capture_output=True)
+        assert len(proxy.rows(wait_for=2)) == 2
+    log = proxy.log.read_text()
+    for secret in (key, cookie, query):
+        assert secret not in log

@@ -81,9 +81,8 @@ def test_a_loader_that_grew_exits_for_a_fresh_one_after_loading(tmp_path, monkey
     db = tmp_path / "llmtap.duckdb"
     ingester = Ingester(spool, db)
     ingester.run_once()  # creates the store before the loader measures its starting size
-    spool.append(
-        json.dumps({"call_id": "c1", "started_at": "2026-01-01T00:00:00+00:00", "provider": "openai"}).encode() + b"\n"
-    )
+    call = {"call_id": "c1", "started_at": "2026-01-01T00:00:00+00:00", "provider": "openai"}
+    spool.append(json.dumps(call).encode() + b"\n")
     spool.seal()
     monkeypatch.setattr(ingest_worker, "RECYCLE_GROWTH_BYTES", -1)
     read_end, write_end = os.pipe()

@@ -117,6 +117,7 @@ def test_openai_call_span(proxy, upstream, client):
     assert {k: attrs.get(k) for k in expected} == expected
     assert "error.type" not in attrs
     assert "gen_ai.usage.cache_creation.input_tokens" not in attrs  # not reported, not invented
+    assert "gen_ai.request.stream" not in attrs  # unset means not streamed, in the GenAI conventions
     # the span covers the call
     slack = timedelta(milliseconds=2)
     assert abs(span["start_time"] - call["started_at"]) <= slack
@@ -159,8 +160,10 @@ def test_anthropic_stream_span(proxy, upstream, client):
         "gen_ai.usage.cache_creation.input_tokens": 50,
         "gen_ai.response.finish_reasons": ["end_turn"],
         "server.address": "api.anthropic.com",
+        "gen_ai.request.stream": True,
     }
     assert {k: attrs.get(k) for k in expected} == expected
+    assert call["stream"] is True
     assert "error.type" not in attrs
 
 
@@ -255,9 +258,9 @@ def test_every_call_has_one_span(proxy, upstream, client):
 
 
 class OTLPCollector:
-    """Accepts OTLP/HTTP protobuf trace exports on POST /v1/traces."""
+    """Accepts OTLP/HTTP protobuf trace exports on POST ``path`` (default /v1/traces)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str = "/v1/traces") -> None:
         self.requests: list[ExportTraceServiceRequest] = []
         self.paths: list[str] = []
         collector = self
@@ -271,7 +274,7 @@ class OTLPCollector:
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
                 collector.paths.append(self.path)
-                if self.path == "/v1/traces":
+                if self.path == path:
                     collector.requests.append(ExportTraceServiceRequest.FromString(body))
                     status, reply = 200, ExportTraceServiceResponse().SerializeToString()
                 else:
@@ -362,7 +365,38 @@ def test_spans_exported_over_otlp(tmp_path, upstream):
         "server.address": "api.openai.com",
     }
     assert {k: attrs.get(k) for k in expected} == expected
+    assert "gen_ai.request.stream" not in attrs
     assert span.end_time_unix_nano >= span.start_time_unix_nano > 0
     # the exported span is the stored one
     (stored,) = proxy.rows(f"SELECT * FROM spans WHERE span_id = '{call['span_id']}'")
     assert json.loads(stored["attributes"])["gen_ai.usage.input_tokens"] == 120
+
+
+def test_traces_endpoint_variable_is_the_full_url(tmp_path, upstream, monkeypatch):
+    """``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` alone: spans go to exactly that URL (no
+    ``/v1/traces`` added), here a path no OTLP default would produce; a stream's span says so."""
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)  # whatever this machine sets
+    start = {"type": "message_start", "message": {"model": "claude-x-1", "usage": {"input_tokens": 7}}}
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}
+    upstream.routes["/v1/messages"] = Reply.sse([("message_start", start), ("message_delta", delta)])
+    with OTLPCollector(path="/otel/spans") as collector:
+        proxy = ProxyProcess(
+            tmp_path / "data",
+            {h: upstream.url for h in LLM_HOSTS},
+            env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url + "/otel/spans"},
+        ).start()
+        try:
+            with make_client(proxy) as client:
+                body = {"model": "claude-x", "stream": True, "max_tokens": 10, "messages": []}
+                assert client.post(f"{ANTHROPIC}?case=traces-endpoint", json=body).status_code == 200
+            (call,) = proxy.rows(wait_for=1)
+        finally:
+            code = proxy.stop()  # SIGTERM: the batch processor flushes on shutdown
+        assert code == 0, proxy.log.read_text()
+        assert collector.paths and set(collector.paths) == {"/otel/spans"}, collector.paths
+        received = collector.spans()
+    (span,) = [s for _, s in received if s.span_id.hex() == call["span_id"]]
+    attrs = attributes(span.attributes)
+    assert attrs["gen_ai.request.stream"] is True
+    assert attrs["gen_ai.usage.output_tokens"] == 3

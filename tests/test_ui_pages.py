@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from analytics.synthetic import MODELS, generate, write_store
 from app.ui import data
+from app.ui.safe import md
 from collector.store import ensure_schema
 
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "app" / "ui" / "dashboard.py")
@@ -173,10 +176,11 @@ def test_overview_shows_the_stores_figures(store, monkeypatch):
         db, "SELECT sum(cost_usd)::DOUBLE FROM llm_calls WHERE started_at >= date_trunc('day', now())"
     )
     assert any(
-        f"{today / 50 * 100:.1f}% of the $50.00 daily budget daily-total" in p.text
+        f"{today / 50 * 100:.1f}% of the $50.00 daily budget {md('daily-total')}" in p.text
         for p in at.get("progress")
     )
-    assert [e.value for e in at.error] == ["budget checkout-daily: limit reached"]
+    assert [e.value for e in at.error] == [md("budget checkout-daily: limit reached")]
+    assert not at.expander  # one alert is shown whole
     assert len(at.get("vega_lite_chart")) == 1
 
 
@@ -308,7 +312,7 @@ def test_budgets_page_status_alerts_and_blocked_calls(store, monkeypatch):
     shown = metrics(at)
     assert parse(shown["Budgets"]) == 3
     assert parse(shown["Blocked calls"]) == 2
-    assert [e.value for e in at.error] == ["budget checkout-daily: limit reached"]
+    assert [e.value for e in at.error] == [md("budget checkout-daily: limit reached")]
     status = at.dataframe[0].value
     day = "started_at >= date_trunc('day', now())"
     (total_today,) = sql(db, f"SELECT sum(cost_usd)::DOUBLE FROM llm_calls WHERE {day}")
@@ -368,3 +372,81 @@ def test_a_new_call_in_the_store_shows_on_the_next_run(tmp_path, monkeypatch):
     # A new session, as AppTest reruns only the page script under st.navigation; the results
     # cached by the first one (st.cache_data is per process) must not hide the new call.
     assert parse(metrics(open_page(data_dir, "overview", monkeypatch, config=False))["Calls"]) == 201
+
+
+def at_least_seconds_left_in_the_minute(seconds: int) -> None:
+    """Wait for the next minute when this one has fewer than ``seconds`` left, so calls
+    stored now are still in the current minute when the page runs."""
+    now = datetime.now(UTC)
+    if now.second >= 60 - seconds:
+        time.sleep(60 - now.second - now.microsecond / 1e6 + 0.1)
+
+
+def test_spend_today_counts_the_current_minutes_calls(tmp_path, monkeypatch):
+    """With live traffic, calls of the current minute count in "Spend today" (and the
+    Budgets page's spend) as they do in the window's "Cost": the two agree."""
+    data_dir = tmp_path / "live"
+    data_dir.mkdir()
+    ensure_schema(data_dir / "llmtap.duckdb")
+    (data_dir / "llmtap.toml").write_text('[budgets."daily-total"]\nlimit_usd = 50\nperiod = "day"\n')
+    at_least_seconds_left_in_the_minute(20)
+    with duckdb.connect(str(data_dir / "llmtap.duckdb")) as con:
+        for i in range(3):
+            con.execute(
+                "INSERT INTO llm_calls (call_id, started_at, provider, api, status_code, request_model,"
+                " cost_usd) VALUES (?, now(), 'openai', 'chat', 200, 'gpt-4o', 1.25)",
+                [f"now-{i}"],
+            )
+    at = open_page(data_dir, "overview", monkeypatch)
+    shown = metrics(at)
+    assert shown["Cost"] == "$3.75"
+    assert shown["Spend today"] == shown["Spend this week"] == shown["Spend this month"] == "$3.75"
+    at.switch_page("pages/budgets.py").run()
+    assert at.dataframe[0].value.set_index("budget").loc["daily-total", "spent_usd"] == pytest.approx(3.75)
+
+
+def test_many_budget_alerts_make_one_banner_and_a_list(tmp_path, monkeypatch):
+    """Eight alerts do not stack eight banners above the Overview's figures: one banner
+    counts them and names the most severe; an expander lists them all."""
+    data_dir = tmp_path / "alerts"
+    data_dir.mkdir()
+    calls, bodies = generate(200, 1, start=datetime.now(UTC) - timedelta(hours=2))
+    write_store(data_dir / "llmtap.duckdb", calls, bodies)
+    alerts = [
+        {
+            "budget": f"b{i}",
+            "level": 0.8 + i / 100,
+            "exceeded": i >= 5,
+            "message": f"budget b{i}: at its limit",
+        }
+        for i in range(8)
+    ]
+    (data_dir / "budget_alerts.json").write_text(json.dumps({"updated_at": "x", "alerts": alerts}))
+    for page in ("overview", "budgets"):
+        at = open_page(data_dir, page, monkeypatch, config=False)
+        assert len(at.error) == 1 and not at.warning, page
+        assert at.error[0].value.startswith("8 budgets alerting, 3 exceeded")
+        assert md("budget b7: at its limit") in at.error[0].value  # the most severe
+        (expander,) = at.expander
+        assert expander.label == "All 8 budget alerts"
+        listed = expander.markdown[0].value.splitlines()
+        assert listed[0] == f"- exceeded: {md('budget b7: at its limit')}"
+        assert sorted(listed) == sorted(
+            f"- {'exceeded' if i >= 5 else 'alert'}: {md(f'budget b{i}: at its limit')}" for i in range(8)
+        )
+
+
+def test_costs_page_takes_any_property_key(tmp_path, monkeypatch):
+    """Property keys are the caller's choice: one named like a column of the breakdown
+    ("calls"), or holding Altair's separators (":" and "."), still gets its tab and chart."""
+    data_dir = tmp_path / "keys"
+    data_dir.mkdir()
+    calls, bodies = generate(100, 1, start=datetime.now(UTC) - timedelta(hours=2))
+    calls = calls.with_columns(properties=pl.lit(json.dumps({"calls": "x", "a.b:N": "y", "api_calls": "z"})))
+    write_store(data_dir / "llmtap.duckdb", calls, bodies)
+    at = open_page(data_dir, "costs", monkeypatch, config=False)
+    assert [t.label for t in at.tabs][4:] == [md("a.b:N"), "api" + md("_") + "calls", "calls"]
+    tables = {frame.value.columns[0]: frame.value for frame in at.dataframe}
+    assert tables["property:calls"]["calls"].sum() == 100  # not renamed onto the count column
+    assert list(tables["api_calls"]["api_calls"]) == ["z"]
+    assert len(at.get("vega_lite_chart")) == 7  # model, provider, app, user and the three keys

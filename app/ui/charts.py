@@ -12,10 +12,22 @@ import polars as pl
 USD_AXIS = "$,.2f"
 USD_TOOLTIP = "$,.4f"
 TIME_TOOLTIP = "%Y-%m-%d %H:%M"
+#: Time axis labels per bucket (app.ui.data.BUCKETS), always on a 24-hour clock: Vega's
+#: default labels use a 12-hour clock without AM/PM, so 21:01 read as 09:01. Minute
+#: buckets span at most 3 hours (the time is enough); longer spans name the day.
+TIME_AXIS = {"minute": "%H:%M", "10 minutes": "%b %d %H:%M", "hour": "%b %d %H:%M"}
+DAY_AXIS = "%b %d"
+#: The column of :func:`ranked_bars`' categories: a fixed field name, as Altair would parse
+#: the colons and dots of a category's own name (a property key is anyone's choice).
+CATEGORY = "category"
 
 
 def _time_axis(bucket: str) -> alt.X:
-    return alt.X("bucket:T", title=f"time (UTC, per {bucket})")
+    return alt.X(
+        "bucket:T",
+        title=f"time (UTC, per {bucket})",
+        axis=alt.Axis(format=TIME_AXIS.get(bucket, DAY_AXIS), formatType="time"),
+    )
 
 
 def spend_over_time(frame: pl.DataFrame, bucket: str) -> alt.Chart:
@@ -36,17 +48,17 @@ def spend_over_time(frame: pl.DataFrame, bucket: str) -> alt.Chart:
     )
 
 
-def ranked_bars(frame: pl.DataFrame, category: str, value: str, title: str, money: bool) -> alt.Chart:
-    """One horizontal bar per ``category``, biggest ``value`` on top."""
+def ranked_bars(frame: pl.DataFrame, label: str, value: str, title: str, money: bool) -> alt.Chart:
+    """One horizontal bar per :data:`CATEGORY` (what ``label`` names), biggest ``value`` on top."""
     fmt = USD_AXIS if money else ",.0f"
     return (
         alt.Chart(frame)
         .mark_bar()
         .encode(
             x=alt.X(f"{value}:Q", title=title, axis=alt.Axis(format=fmt)),
-            y=alt.Y(f"{category}:N", title=None, sort="-x"),
+            y=alt.Y(f"{CATEGORY}:N", title=None, sort="-x"),
             tooltip=[
-                f"{category}:N",
+                alt.Tooltip(f"{CATEGORY}:N", title=label),
                 alt.Tooltip(f"{value}:Q", title=title, format=USD_TOOLTIP if money else ","),
             ],
         )

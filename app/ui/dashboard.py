@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.ui import widgets
+from app.ui.safe import md
 from collector.config import ConfigError
 
 PAGES = Path(__file__).resolve().parent / "pages"
@@ -18,7 +19,7 @@ try:
     settings = widgets.load_config()
 except ConfigError as exc:
     st.title("llmtap")
-    st.error(f"Cannot read the config: {exc}")
+    st.error(f"Cannot read the config: {md(exc)}")
     st.stop()
 widgets.sidebar(settings)
 st.navigation(

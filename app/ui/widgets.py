@@ -22,8 +22,9 @@ import polars as pl
 import streamlit as st
 
 from app.ui import budget_status, data, routing
-from app.ui.format import usd
+from app.ui.format import count, usd
 from app.ui.launch import CONFIG_ENV
+from app.ui.safe import md, printable
 from collector.config import BudgetSpec, Settings, load_settings
 
 REFRESH_S = 5
@@ -51,8 +52,11 @@ def filter_options(data_dir: Path, since: datetime | None, state: tuple[int, ...
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
-def overview(view: data.View, budgets: tuple[BudgetSpec, ...], now: datetime) -> data.Overview:
-    return data.overview(view, budgets, now)
+def overview(view: data.View, budgets: tuple[BudgetSpec, ...], minute: datetime) -> data.Overview:
+    """``minute`` (:func:`now_minute`) only keys the cache on the clock: the figures are taken
+    at the current time, so the current periods' spend counts this minute's calls as the
+    window's cost does (a new call changes ``view.state`` and so recomputes)."""
+    return data.overview(view, budgets)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
@@ -76,8 +80,11 @@ def call_detail(db: Path, call_id: str, state: tuple[int, ...]) -> data.CallDeta
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
-def budgets(db: Path, specs: tuple[BudgetSpec, ...], now: datetime, state: tuple[int, ...]) -> pl.DataFrame:
-    return budget_status.budget_status(db, specs, now)
+def budgets(
+    db: Path, specs: tuple[BudgetSpec, ...], minute: datetime, state: tuple[int, ...]
+) -> pl.DataFrame:
+    """As :func:`overview`: ``minute`` keys the cache; spend counts calls up to now."""
+    return budget_status.budget_status(db, specs)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
@@ -103,7 +110,11 @@ def sidebar(settings: Settings) -> data.View:
     chosen = {
         name: tuple(
             st.sidebar.multiselect(
-                name.capitalize(), options.get(name, []), key=f"filter_{name}", placeholder="All"
+                name.capitalize(),
+                options.get(name, []),
+                key=f"filter_{name}",
+                placeholder="All",
+                format_func=printable,
             )
         )
         for name in data.FILTER_COLUMNS
@@ -146,13 +157,32 @@ def no_calls(view: data.View) -> None:
     )
 
 
+def alert_text(alert: dict) -> str:
+    """One alert as the proxy words it (its message names apps, users, property values:
+    traffic text), as inert Markdown."""
+    return md(alert.get("message") or f"budget {alert.get('budget')}: {usd(alert.get('spent_usd'))} spent")
+
+
 def alert_banner(data_dir: Path) -> None:
-    """The proxy's current budget alerts, most severe first, as a banner."""
+    """The proxy's current budget alerts as ONE banner (an error when any is exceeded), so
+    many alerts do not push the page's figures off screen: a single alert is shown whole;
+    several are summarised, the most severe named, and all listed in an expander below."""
     try:
         alerts = budget_status.read_alerts(data_dir)
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
-    for alert in sorted(alerts, key=lambda a: -a.get("level", 0)):
-        show = st.error if alert.get("exceeded") else st.warning
-        show(alert.get("message") or f"budget {alert.get('budget')}: {usd(alert.get('spent_usd'))} spent")
+    if not alerts:
+        return
+    alerts = sorted(alerts, key=lambda a: -(a.get("level") or 0))
+    exceeded = sum(bool(a.get("exceeded")) for a in alerts)
+    show = st.error if exceeded else st.warning
+    if len(alerts) == 1:
+        show(alert_text(alerts[0]))
+        return
+    total = count(len(alerts))
+    show(f"{total} budgets alerting, {count(exceeded)} exceeded. Most severe: {alert_text(alerts[0])}")
+    with st.expander(f"All {total} budget alerts"):
+        st.markdown(
+            "\n".join(f"- {'exceeded' if a.get('exceeded') else 'alert'}: {alert_text(a)}" for a in alerts)
+        )

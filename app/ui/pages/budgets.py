@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.ui import widgets
 from app.ui.format import count
+from app.ui.safe import printable_frame
 
 st.title("Budgets")
 view, settings = widgets.page_view()
@@ -27,7 +28,7 @@ else:
         "Forecast past their limit", count(forecast_over), help="straight line from the last hour's run rate"
     )
     st.dataframe(
-        status,
+        printable_frame(status),
         hide_index=True,
         column_config={
             "used_share": st.column_config.ProgressColumn(
@@ -53,4 +54,4 @@ else:
         count(blocked.get_column("blocked_calls").sum()),
         help="answered 429 by the proxy itself",
     )
-    st.dataframe(blocked, hide_index=True)
+    st.dataframe(printable_frame(blocked), hide_index=True)

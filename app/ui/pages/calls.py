@@ -5,6 +5,7 @@ import streamlit as st
 
 from app.ui import widgets
 from app.ui.format import count, duration_ms, usd
+from app.ui.safe import md, printable, printable_frame, printable_tree
 
 st.title("Calls")
 view, _ = widgets.page_view()
@@ -16,7 +17,7 @@ if matched == 0:
 
 st.caption(f"{count(matched)} calls match; the latest {count(latest.height)} are listed, newest first.")
 picked = st.dataframe(
-    latest,
+    printable_frame(latest),
     hide_index=True,
     on_select="rerun",
     selection_mode="single-row",
@@ -30,17 +31,22 @@ picked = st.dataframe(
 )
 rows = picked.selection.rows if picked is not None else []
 ids = latest.get_column("call_id").to_list()
-call_id = st.selectbox("Call", ids, index=rows[0] if rows else 0, key="call_id", help="or pick a row above")
+call_id = st.selectbox(
+    "Call",
+    ids,
+    index=rows[0] if rows else 0,
+    key="call_id",
+    help="or pick a row above",
+    format_func=printable,
+)
 
 detail = widgets.call_detail(view.db, call_id, view.state)
 if detail is None:
-    st.warning(f"Call {call_id} is no longer in the store.")
+    st.warning(f"Call {md(call_id)} is no longer in the store.")
     st.stop()
 call = detail.call
-st.subheader(
-    f"{call['provider']} {call['api']}: "
-    f"{call['response_model'] or call['request_model'] or '(unknown model)'}"
-)
+model = call["response_model"] or call["request_model"]
+st.subheader(f"{md(call['provider'])} {md(call['api'])}: {md(model) if model else '(unknown model)'}")
 cells = st.columns(5)
 cells[0].metric("Status", str(call["status_code"] or "none"))
 cells[1].metric("Latency", duration_ms(call["latency_ms"]))
@@ -48,36 +54,37 @@ cells[2].metric("Time to first token", duration_ms(call["ttft_ms"]))
 cells[3].metric("Tokens in / out", f"{count(call['input_tokens'])} / {count(call['output_tokens'])}")
 cells[4].metric("Call cost", usd(call["cost_usd"]))
 if call["error"]:
-    st.error(call["error"])
+    st.error(md(call["error"]))
 
 record, span, bodies = st.tabs(["Record", "Span", "Bodies"])
 with record:
     st.json(
-        {
-            name: value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
-            for name, value in call.items()
-        }
+        printable_tree(
+            {
+                name: value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
+                for name, value in call.items()
+            }
+        )
     )
 with span:
     if detail.span is None:
         st.info("No span stored for this call.")
     else:
-        st.caption(
-            f"{detail.span['name']} (trace {detail.span['trace_id']}, span {detail.span['span_id']}, "
-            f"status {detail.span['status']})"
-        )
-        st.json(detail.span["attributes"] or {})
+        name, trace, span_id, status = (md(detail.span[k]) for k in ("name", "trace_id", "span_id", "status"))
+        st.caption(f"{name} (trace {trace}, span {span_id}, status {status})")
+        st.json(printable_tree(detail.span["attributes"] or {}))
 with bodies:
     if detail.bodies is None:
         st.info("No bodies stored for this call.")
     else:
         mode = detail.bodies["capture_mode"]
         st.caption(
-            f"capture mode: {mode}" + (" (bodies are not kept in this mode)" if mode == "metadata" else "")
+            f"capture mode: {md(mode)}"
+            + (" (bodies are not kept in this mode)" if mode == "metadata" else "")
         )
         for part in ("request_body", "response_body"):
             st.markdown(f"**{part.replace('_', ' ')}**")
             if detail.bodies[part]:
-                st.code(detail.bodies[part], language="json")
+                st.code(printable(detail.bodies[part]), language="json")
             else:
                 st.caption("not stored")

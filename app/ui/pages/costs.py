@@ -5,6 +5,7 @@ import streamlit as st
 
 from app.ui import charts, data, widgets
 from app.ui.format import count, usd
+from app.ui.safe import md, printable, printable_frame
 
 st.title("Costs")
 view, _ = widgets.page_view()
@@ -24,21 +25,24 @@ MONEY = ("cost_usd",)
 
 
 def spend_table(frame: pl.DataFrame, label: str) -> None:
-    """A breakdown: a bar chart of cost and the table behind it."""
-    name = label.lower()  # "property:team" -> "team": Altair reads a colon as a type
+    """A breakdown: a bar chart of cost and the table behind it. The table's first column
+    is named ``label`` ("property:team" -> "team") unless another column has that name
+    (a property key is anyone's choice, "calls" too); the chart reads it as a fixed field,
+    as Altair would parse a name's colons and dots."""
+    name = printable(label.lower())
+    name = frame.columns[0] if name in frame.columns[1:] else name
     frame = frame.rename({frame.columns[0]: name}).with_columns(pl.col(MONEY).cast(pl.Float64))
     if frame.get_column("cost_usd").is_not_null().any():
-        st.altair_chart(
-            charts.ranked_bars(frame.head(20), name, "cost_usd", "cost (USD)", money=True), width="stretch"
-        )
+        top = frame.head(20).rename({name: charts.CATEGORY})
+        st.altair_chart(charts.ranked_bars(top, name, "cost_usd", "cost (USD)", money=True), width="stretch")
     st.dataframe(
-        frame,
+        printable_frame(frame),
         hide_index=True,
         column_config={
             "cost_usd": st.column_config.NumberColumn("cost", format="dollar"),
             **{
                 c: st.column_config.NumberColumn(c.replace("_", " "), format="localized")
-                for c in frame.columns
+                for c in frame.columns[1:]  # the first is the breakdown's, a name like "api_calls" too
                 if c.endswith(("tokens", "calls"))
             },
         },
@@ -48,14 +52,17 @@ def spend_table(frame: pl.DataFrame, label: str) -> None:
 properties = [name for name in costs.by if name.startswith("property:")]
 labels = [*data.COST_DIMENSIONS, *(name.removeprefix("property:") for name in properties)]
 for tab, label, name in zip(
-    st.tabs(labels), labels, [*data.COST_DIMENSIONS.values(), *properties], strict=True
+    st.tabs([md(label) for label in labels]),
+    labels,
+    [*data.COST_DIMENSIONS.values(), *properties],
+    strict=True,
 ):
     with tab:
         spend_table(costs.by[name], label)
 
 st.subheader("Prompt caching")
 st.dataframe(
-    costs.cache,
+    printable_frame(costs.cache),
     hide_index=True,
     column_config={
         "cache_read_share": st.column_config.NumberColumn("cache read share", format="percent"),
@@ -73,6 +80,6 @@ if costs.unpriced.height:
         "Their cost is n/a, never $0. Add them under `[prices]` in the config and run "
         "`llmtap reprice --config FILE`."
     )
-    st.dataframe(costs.unpriced, hide_index=True)
+    st.dataframe(printable_frame(costs.unpriced), hide_index=True)
 else:
     st.caption("Every call with usage has a price.")

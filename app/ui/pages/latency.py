@@ -4,6 +4,7 @@ import streamlit as st
 
 from app.ui import charts, widgets
 from app.ui.format import duration_ms
+from app.ui.safe import printable_frame
 
 st.title("Latency")
 view, _ = widgets.page_view()
@@ -25,7 +26,7 @@ milliseconds = {
     for c in latency.by_model.columns
     if c.endswith("_ms")
 }
-st.dataframe(latency.by_model, hide_index=True, column_config=milliseconds)
+st.dataframe(printable_frame(latency.by_model), hide_index=True, column_config=milliseconds)
 
 st.subheader("Over time")
 for value, title in (

@@ -5,6 +5,7 @@ import streamlit as st
 
 from app.ui import charts, widgets
 from app.ui.format import count, duration_ms, percent, usd
+from app.ui.safe import md
 
 PERIOD_LABELS = {"day": "today", "week": "this week", "month": "this month"}
 PERIOD_ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
@@ -26,7 +27,7 @@ for column, spend in zip(st.columns(len(overview.periods)), overview.periods, st
             st.progress(
                 min(used, 1.0),
                 text=f"{percent(used)} of the {usd(spend.limit_usd)} {PERIOD_ADJECTIVES[spend.period]} "
-                f"budget {spend.budget}",
+                f"budget {md(spend.budget)}",
             )
         if spend.forecast_usd is not None:
             st.caption(f"forecast for the {spend.period}: {usd(spend.forecast_usd)}")

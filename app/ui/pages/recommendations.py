@@ -7,6 +7,7 @@ import streamlit as st
 import analytics
 from app.ui import routing, widgets
 from app.ui.format import count, percent, usd
+from app.ui.safe import md, printable, printable_frame
 from collector.rules import RulesError, dump_rules, load_rules
 
 st.title("Recommendations")
@@ -31,21 +32,23 @@ cells[2].metric(
 )
 
 st.dataframe(
-    frame.select(
-        "status",
-        "kind",
-        "app",
-        "provider",
-        "incumbent",
-        "candidate",
-        "requests_seen",
-        "shadow_samples",
-        "agreement",
-        "agreement_lower_bound",
-        "monthly_savings_usd_low",
-        "monthly_savings_usd_mid",
-        "monthly_savings_usd_high",
-        "reason",
+    printable_frame(
+        frame.select(
+            "status",
+            "kind",
+            "app",
+            "provider",
+            "incumbent",
+            "candidate",
+            "requests_seen",
+            "shadow_samples",
+            "agreement",
+            "agreement_lower_bound",
+            "monthly_savings_usd_low",
+            "monthly_savings_usd_mid",
+            "monthly_savings_usd_high",
+            "reason",
+        )
     ),
     hide_index=True,
     column_config={
@@ -62,9 +65,11 @@ st.dataframe(
 )
 
 st.subheader("Evidence")
-labels = [
-    f"{i + 1}. {r.status}: {r.kind} {r.app or 'any app'} {r.incumbent}"
-    + (f" -> {r.candidate}" if r.candidate else "")
+labels = [  # selectbox options are plain text: only control characters need escaping
+    printable(
+        f"{i + 1}. {r.status}: {r.kind} {r.app or 'any app'} {r.incumbent}"
+        + (f" -> {r.candidate}" if r.candidate else "")
+    )
     for i, r in enumerate(found.records)
 ]
 chosen = found.records[labels.index(st.selectbox("Record", labels, key="record"))]
@@ -77,13 +82,13 @@ cells[1].metric(
 )
 cells[2].metric("Cost per 1k requests", usd(chosen.cost_per_1k_incumbent_usd), help="the incumbent's")
 cells[3].metric("Candidate cost per 1k", usd(chosen.cost_per_1k_candidate_usd))
-st.write(chosen.reason)
+st.markdown(md(chosen.reason))  # reasons and risks name models and apps
 for risk in chosen.risks:
-    st.warning(risk)
+    st.warning(md(risk))
 
 if found.realised.height:
     st.subheader("What canary rules saved")
-    st.dataframe(found.realised, hide_index=True)
+    st.dataframe(printable_frame(found.realised), hide_index=True)
 
 st.subheader("Write rules")
 path = routing.rules_path(settings)
@@ -102,21 +107,21 @@ if not drafted:
         "recommended ones."
     )
     st.stop()
-st.code(dump_rules(drafted), language="yaml")
+st.code(printable(dump_rules(drafted)), language="yaml")
 if action == "draft":
-    st.caption(f"Pick shadow, canary or enforce to write these rules to `{path}`.")
+    st.caption(f"Pick shadow, canary or enforce to write these rules to {md(path)}.")
     st.stop()
 try:
     present = {rule.id for rule in load_rules(path)}
 except RulesError as exc:
-    st.error(f"The rules file cannot be merged into: {exc}")
+    st.error(f"The rules file cannot be merged into: {md(exc)}")
     st.stop()
 replaced = sum(rule.id in present for rule in drafted)
 confirmed = st.checkbox(
-    f"I reviewed these {len(drafted)} rules: write them to {path} ({replaced} replace rules of the same id; "
-    "the proxy applies them on its next call)",
+    f"I reviewed these {len(drafted)} rules: write them to {md(path)} ({replaced} replace rules of the same "
+    "id; the proxy applies them on its next call)",
     key="confirm_rules",
 )
 if st.button("Write rules", disabled=not confirmed, key="write_rules"):
     merged = routing.write_rules(path, drafted)
-    st.success(f"Wrote {len(drafted)} {action} rules to {path}; it now holds {len(merged)} rules.")
+    st.success(f"Wrote {len(drafted)} {action} rules to {md(path)}; it now holds {len(merged)} rules.")
