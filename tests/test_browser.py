@@ -214,3 +214,15 @@ def test_overview_shows_new_calls_without_a_reload(
             expect(metric_value(page, "Calls")).to_have_text(f"{before + LIVE_CALLS:,}", timeout=LIVE_WAIT_MS)
         assert page.evaluate("() => window.llmtapLiveMark === true"), "the page was reloaded"
         page.close()
+
+
+def test_a_page_opened_by_its_url_on_a_fresh_server_has_its_sidebar(demo_data, browser):
+    """A bookmark to a page, opened before anyone opened the Overview: the page runs inside
+    the app (sidebar, filters), not as a bare script missing the app's state."""
+    with running_dashboard(demo_data) as url:
+        page = open_page(browser, url, "costs", "Costs")
+        try:
+            assert page.locator('[data-testid="stSidebar"]').count() == 1
+            assert not page.locator('[data-testid="stException"]').count()
+        finally:
+            page.close()

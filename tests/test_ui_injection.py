@@ -165,15 +165,12 @@ def browser() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory: pytest.TempPathFactory, beacon: Beacon, browser) -> Iterator[str]:
-    """``llmtap ui`` on the hostile store, its Overview opened once: until the entry script
-    has run, a fresh server takes ``/costs`` for a page of its own (Streamlit's ``pages/``
-    directory convention) and runs it without the sidebar, so any test could come first."""
+def dashboard(tmp_path_factory: pytest.TempPathFactory, beacon: Beacon) -> Iterator[str]:
+    """``llmtap ui`` on the hostile store."""
     data_dir = tmp_path_factory.mktemp("hostile") / "data"
     data_dir.mkdir()
     hostile_store(data_dir, beacon)
     with running_dashboard(data_dir) as url:
-        open_page(browser, url, "", "Overview").close()
         yield url
 
 

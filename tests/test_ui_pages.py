@@ -135,7 +135,7 @@ def open_page(
         at.session_state[key] = value
     at.run()
     if page != "overview":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"page_scripts/{page}.py").run()
     assert not at.exception, at.exception
     assert at.title[0].value == TITLES[page]
     return at
@@ -401,7 +401,7 @@ def test_spend_today_counts_the_current_minutes_calls(tmp_path, monkeypatch):
     shown = metrics(at)
     assert shown["Cost"] == "$3.75"
     assert shown["Spend today"] == shown["Spend this week"] == shown["Spend this month"] == "$3.75"
-    at.switch_page("pages/budgets.py").run()
+    at.switch_page("page_scripts/budgets.py").run()
     assert at.dataframe[0].value.set_index("budget").loc["daily-total", "spent_usd"] == pytest.approx(3.75)
 
 

@@ -33,7 +33,7 @@ def open_recommendations(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> App
     monkeypatch.setenv("LLMTAP_DATA_DIR", str(data_dir))
     monkeypatch.delenv("LLMTAP_CONFIG", raising=False)
     at = AppTest.from_file(DASHBOARD, default_timeout=120).run()
-    at.switch_page("pages/recommendations.py").run()
+    at.switch_page("page_scripts/recommendations.py").run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Recommendations"
     return at

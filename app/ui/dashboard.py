@@ -12,7 +12,7 @@ from app.ui import widgets
 from app.ui.safe import md
 from collector.config import ConfigError
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent / "page_scripts"
 
 st.set_page_config(page_title="llmtap", layout="wide")
 try:
