@@ -33,6 +33,11 @@ SECRET_QUERY_KEYS = frozenset({"key", "api_key", "apikey", "api-key", "access_to
 MASK = "[REDACTED]"
 #: Shorter values are not cut out of bodies: they would match ordinary text.
 MIN_SECRET_LENGTH = 8
+#: Most secret values for which a call's bodies are kept: each costs a scan of every body
+#: (up to 8 MiB). A request carrying more (thousands of cookies, say) is recorded without its
+#: bodies (see :class:`collector.recorder.Recorder`); its other fields, bounded in size, are
+#: still scanned for every value, so its work grows with the request, not its square.
+MAX_SECRET_VALUES = 64
 
 KEYLIKE = re.compile(
     r"\b(?:sk-[A-Za-z0-9_\-]{16,}|sk-ant-[A-Za-z0-9_\-]{16,}|AIza[0-9A-Za-z_\-]{30,}"

@@ -54,6 +54,9 @@ class Capture:
     metadata: CallMetadata
     traceparent: str | None
     secrets: list[str]
+    #: The capture mode keeps bodies and the request is not one whose bodies are withheld
+    #: (more secret values than privacy.MAX_SECRET_VALUES).
+    keep_bodies: bool
     #: The body as the client sent it (addons may change what goes upstream).
     request_body: bytes = b""
     #: Read from the body when first asked for (:attr:`request`); most calls are never asked.
@@ -183,6 +186,12 @@ class Recorder:
         endpoint = self.registry.match(host, req.path, req.method)
         if endpoint is None:
             return
+        secrets = privacy.secret_values(req.data.headers.fields, req.path)
+        withheld = len(secrets) > privacy.MAX_SECRET_VALUES
+        if withheld:
+            log.warning(
+                "a call to %s carries %d secret values; its bodies are not kept", host, len(secrets)
+            )
         capture = Capture(
             endpoint=endpoint,
             method=req.method,
@@ -191,7 +200,8 @@ class Recorder:
             started=req.timestamp_start,
             metadata=flow.metadata.get(METADATA_KEY) or CallMetadata(),
             traceparent=first_header(req, b"traceparent"),
-            secrets=privacy.secret_values(req.data.headers.fields, req.path),
+            secrets=secrets,
+            keep_bodies=self.capture_mode != "metadata" and not withheld,
         )
         capture.request_body = decoded_body(req)
         flow.metadata[CAPTURE_KEY] = capture
@@ -211,7 +221,7 @@ class Recorder:
                 reader(),
                 first_header(flow.response, b"content-encoding") or "",
                 # Binary framings are not kept as body text.
-                keep_body=self.capture_mode != "metadata" and reader is SSEReader,
+                keep_body=capture.keep_bodies and reader is SSEReader,
             )
         except ValueError as exc:
             log.warning("stream of %s not parsed: %s", capture.host, exc)
@@ -282,6 +292,7 @@ class Recorder:
         # kept, so it must be read whole now.
         in_flight = (
             self.rows_in_flight
+            or not capture.keep_bodies  # the loader would have nothing to read the facts from
             or capture.routing_arm is not None
             or len(capture.request_body) > BODY_LIMIT
             or (body is not None and len(body) > BODY_LIMIT)
@@ -304,7 +315,7 @@ class Recorder:
 
     def _keep_bodies(self, seen: Observed, capture: Capture, body: bytes | None) -> None:
         mode = self.capture_mode
-        if mode == "metadata":
+        if not capture.keep_bodies:
             return
         if capture.streamed:
             response_raw = bytes(capture.stream_body) if capture.stream_body is not None else None

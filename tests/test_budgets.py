@@ -621,7 +621,7 @@ def test_unreadable_store_starts_budgets_from_zero(tmp_path, caplog):
 def capture_for(host: str, path: str, body: dict | None = None) -> Capture:
     endpoint = ProviderRegistry().match(host, path)
     assert endpoint is not None
-    capture = Capture(endpoint, "POST", host, path, time.time(), CallMetadata(), None, [])
+    capture = Capture(endpoint, "POST", host, path, time.time(), CallMetadata(), None, [], True)
     capture.parsed_request = endpoint.provider.read_request(endpoint.api, path, body)
     return capture
 

@@ -380,3 +380,40 @@ def test_verbose_logs_never_show_secret_headers_or_key_parameters(tmp_path, upst
     log = proxy.log.read_text()
     for secret in (key, cookie, query):
         assert secret not in log
+
+
+def test_a_request_with_thousands_of_secret_values_costs_little_and_keeps_no_body(tmp_path):
+    """Each secret value cost a scan of each kept body: 20,000 cookies made that 20,000 scans
+    of up to 8 MiB. Past privacy.MAX_SECRET_VALUES the bodies are not kept; the short fields
+    are still cleaned of every value (the upstream echoes one in its response id here)."""
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    from collector.metadata import MetadataHeaders
+    from collector.pricing import PriceBook
+    from collector.privacy import MAX_SECRET_VALUES
+    from collector.providers import ProviderRegistry
+    from collector.recorder import CAPTURE_KEY, Recorder
+    from collector.spans import SpanRecorder
+
+    spool, db = Spool(tmp_path / "spool"), tmp_path / "llmtap.duckdb"
+    ensure_schema(db)
+    recorder = Recorder(ProviderRegistry(), spool, SpanRecorder(None), PriceBook())
+    cookies = "; ".join(f"c{i}=value{i:08d}" for i in range(20_000))
+    echoed = "value00012345"
+    flow = tflow.tflow()
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": echoed * 10_000}]})
+    flow.request = http.Request.make("POST", CHAT, body.encode(), {"cookie": cookies})
+    MetadataHeaders().requestheaders(flow)
+    recorder.request(flow)
+    capture = flow.metadata[CAPTURE_KEY]
+    assert len(capture.secrets) > MAX_SECRET_VALUES and not capture.keep_bodies
+    flow.response = http.Response.make(200, json.dumps({**REPLY, "id": echoed}).encode())
+    flow.response.timestamp_end = flow.request.timestamp_start + 0.5
+    recorder.response(flow)
+    assert Ingester(spool, db).run_once()
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM llm_calls").fetchone() == (1,)
+        bodies = con.execute("SELECT request_body, response_body FROM call_bodies").fetchall()
+        assert bodies in ([], [(None, None)])
+        assert con.execute("SELECT input_tokens, response_id FROM llm_calls").fetchone() == (3, "[REDACTED]")
