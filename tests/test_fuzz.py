@@ -47,6 +47,8 @@ from tests.conftest import running_proxy
 from tests.upstream import FakeUpstream, Reply
 
 EXAMPLES = int(os.environ.get("LLMTAP_FUZZ_EXAMPLES", "25"))
+#: A long run takes longer than the suite's per-test timeout (pyproject.toml).
+pytestmark = pytest.mark.timeout(max(120, EXAMPLES))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -164,6 +166,8 @@ def calls(draw: st.DrawFn) -> dict:
             st.sampled_from(["application/json", "text/plain", "application/json; charset=x"])
         )
     metadata = draw(st.lists(st.tuples(metadata_names, header_bytes), max_size=6))
+    # An empty chunk ends a chunked body: the upstream cannot send one in the middle.
+    chunks = [chunk for chunk in chunks if chunk] or [b""]
     return {
         "secret": secret,
         "host": host,
