@@ -40,3 +40,16 @@ def running_proxy(
 def proxy(tmp_path: Path, upstream: FakeUpstream) -> Iterator[ProxyProcess]:
     with running_proxy(tmp_path / "data", upstream) as proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """Debian's chromium driven by Playwright (no browser download), for the dashboard tests."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -81,16 +81,6 @@ def dashboard(demo_data: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
 def store(demo_data: Path) -> dict[str, float]:
     """The figures the pages must show, straight from the store."""
     con = duckdb.connect(str(demo_data / "llmtap.duckdb"), read_only=True)

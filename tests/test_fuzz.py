@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import ssl
-import struct
-import zlib
 from collections.abc import Iterator
 
 import duckdb
@@ -44,6 +42,7 @@ from collector.spans import SpanRecorder
 from collector.spool import QUARANTINE_DIR, Quarantine, Spool
 from collector.store import Ingester, ensure_schema
 from tests.conftest import running_proxy
+from tests.test_providers_google_bedrock_cohere import _frame as aws_frame
 from tests.upstream import FakeUpstream, Reply
 
 EXAMPLES = int(os.environ.get("LLMTAP_FUZZ_EXAMPLES", "25"))
@@ -123,19 +122,6 @@ def sse(payloads: list[bytes], events: list[str]) -> list[bytes]:
         (f"event: {name}\n".encode() if name else b"") + b"data: " + payload.replace(b"\n", b" ") + b"\n\n"
         for name, payload in zip(events, payloads, strict=False)
     ]
-
-
-def aws_frame(headers: dict[str, str], payload: bytes) -> bytes:
-    """One AWS event-stream message (prelude, CRCs), as Bedrock frames its streams."""
-    encoded = b"".join(
-        bytes([len(k)]) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode())) + v.encode()
-        for k, v in headers.items()
-    )
-    total = 12 + len(encoded) + len(payload) + 4
-    prelude = struct.pack(">II", total, len(encoded))
-    prelude += struct.pack(">I", zlib.crc32(prelude))
-    message = prelude + encoded + payload
-    return message + struct.pack(">I", zlib.crc32(message))
 
 
 @st.composite

@@ -23,7 +23,7 @@ import pytest
 
 from analytics.synthetic import generate, with_routing, write_store
 from app.ui.safe import WORD_JOINER
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, open_page, running_dashboard
+from tests.test_browser import CHROMIUM, open_page, running_dashboard
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium on the PATH")
 
@@ -152,16 +152,6 @@ def hostile_store(data_dir: Path, beacon: Beacon) -> None:
     ]
     (data_dir / "budget_alerts.json").write_text(json.dumps({"updated_at": "x", "alerts": alerts}))
     (data_dir / "demo.toml").write_text(CONFIG)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
