@@ -16,7 +16,7 @@ rates the calls were actually charged, config overrides included:
 * when the fit is not determined (every call read the same share of its prompt from
   cache, so uncached and cached tokens are collinear) or gives a negative rate, the
   group's rates come from the genai-prices catalogue through
-  :class:`collector.pricing.PriceBook` at the group's latest call (standard service
+  :class:`collector.pricing.book.PriceBook` at the group's latest call (standard service
   tier; the long-context tier that ``price_ref`` names). That is one lookup per such
   group, never per call.
 * calls without a price (``input_cost_usd`` NULL) have no rates: their cache reads are
@@ -87,7 +87,7 @@ def _solve(moments: pl.LazyFrame) -> pl.LazyFrame:
 
 def _catalogue(unresolved: pl.DataFrame) -> pl.DataFrame:
     """Catalogue rates for the groups the fit could not determine (one lookup per group)."""
-    from collector.pricing import PriceBook
+    from collector.pricing.book import PriceBook
     from collector.providers import builtin_providers
 
     prices_ids = {p.name: p.prices_id for p in builtin_providers()}

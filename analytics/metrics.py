@@ -33,7 +33,7 @@ from analytics.dimensions import (
     time_keys,
     truncated,
 )
-from collector.rules import EVALUATION_ARMS
+from collector.routing.rules import EVALUATION_ARMS
 
 DEFAULT_BY = ("model",)
 PERCENTILES = (50, 90, 95, 99)

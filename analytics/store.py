@@ -1,10 +1,10 @@
 """The store as a Polars LazyFrame, read through DuckDB only while a query is collected.
 
 DuckDB lets one process write the file, and the proxy's ingester needs it about twice a
-second, so analyses must not hold a connection (see ``collector.store``). :func:`load`
+second, so analyses must not hold a connection (see ``collector.storage.database``). :func:`load`
 therefore returns a LazyFrame backed by a Polars IO source rather than an open
 relation: building and composing queries touches nothing, and every ``collect()``
-opens the store read-only (:func:`collector.store.read_connection`), runs ONE DuckDB
+opens the store read-only (:func:`collector.storage.database.read_connection`), runs ONE DuckDB
 query selecting only the columns the plan needs within the time window, fetches the
 result as Arrow and closes the connection before Polars computes anything. The writer
 is shut out for the duration of DuckDB's scan only (about 0.3 s for three columns of
@@ -35,9 +35,9 @@ from pathlib import Path
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from collector import schema
-from collector.config import resolve_data_dir
-from collector.store import read_connection
+from collector.settings.config import resolve_data_dir
+from collector.storage import schema
+from collector.storage.database import read_connection
 
 DB_NAME = "llmtap.duckdb"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from collector.store import ensure_schema
+from collector.storage.database import ensure_schema
 
 #: provider, model, host, path, share of calls, USD per Mtok (input, cache read, cache write, output).
 MODELS = [

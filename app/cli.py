@@ -18,12 +18,12 @@ from pathlib import Path
 from app.report import FORMATS as REPORT_FORMATS
 from app.report import METRICS, PERIODS
 from app.report import VIEWS as REPORT_VIEWS
-from collector import logs
-from collector.certs import client_env
-from collector.config import ConfigError, Paths, Settings, load_settings, resolve_data_dir
-from collector.export import FORMATS, export_calls, parse_instant
-from collector.private import PRIVATE_UMASK
-from collector.spool import Quarantine
+from collector.proxy.certs import client_env
+from collector.settings.config import ConfigError, Paths, Settings, load_settings, resolve_data_dir
+from collector.storage.export import FORMATS, export_calls, parse_instant
+from collector.storage.spool import Quarantine
+from collector.trust import logs
+from collector.trust.private import PRIVATE_UMASK
 
 log = logging.getLogger("llmtap")
 
@@ -330,7 +330,7 @@ def env_command(settings: Settings, port: int) -> str:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    from collector.proxy import LlmtapProxy
+    from collector.proxy.server import LlmtapProxy
 
     settings = _settings(args, args.port)
     warn_if_exposed(settings.listen_host, settings.listen_port, PROXY_EXPOSURE)
@@ -452,7 +452,7 @@ def _call(cmd: list[str], env: dict[str, str], umask: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from collector.proxy import ProxyStartError, serving_in_background
+    from collector.proxy.server import ProxyStartError, serving_in_background
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -534,7 +534,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reprice(args: argparse.Namespace) -> int:
-    from collector.pricing import PriceBook, reprice
+    from collector.pricing.book import PriceBook, reprice
     from collector.providers import builtin_providers
 
     settings = load_settings(data_dir=args.data_dir, config_file=args.config)
@@ -552,8 +552,8 @@ def cmd_reprice(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from analytics.routing import draft_rules, recommend
     from app.recommend import write, write_rules
-    from collector.pricing import PriceBook
-    from collector.rules import RULES_FILE
+    from collector.pricing.book import PriceBook
+    from collector.routing.rules import RULES_FILE
 
     settings = load_settings(data_dir=args.data_dir, config_file=args.config, rules_file=args.rules)
     since = parse_instant(args.since) if args.since else None
@@ -597,7 +597,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
-    from collector.proxy import ProxyStartError
+    from collector.proxy.server import ProxyStartError
 
     try:
         return run_demo(

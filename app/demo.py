@@ -34,11 +34,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.demo_provider import CHARS_PER_TOKEN, MODELS, WORDS, DemoProvider
-from collector.certs import client_env
-from collector.config import load_settings
-from collector.pricing import PriceBook
-from collector.proxy import serving_in_background
-from collector.rules import RULES_FILE, Match, Rule, dump_rules
+from collector.pricing.book import PriceBook
+from collector.proxy.certs import client_env
+from collector.proxy.server import serving_in_background
+from collector.routing.rules import RULES_FILE, Match, Rule, dump_rules
+from collector.settings.config import load_settings
 
 DEFAULT_DATA_DIR = Path("~/.llmtap-demo")
 CONFIG_FILE = "demo.toml"

@@ -71,7 +71,7 @@ MODELS: dict[str, ModelProfile] = {
     "claude-3-5-haiku-latest": ModelProfile("claude-3-5-haiku-20241022", 120, 0.35, 150),
 }
 
-#: llmtap's shadow-routing judge prompt (collector.compare.JUDGE_PROMPT) holds this; such a
+#: llmtap's shadow-routing judge prompt (collector.routing.compare.JUDGE_PROMPT) holds this; such a
 #: prompt gets a one-word verdict drawn from VERDICTS instead of filler text.
 JUDGE_MARK = "<answer_1>"
 VERDICTS = {"SAME": 0.8, "1": 0.15, "2": 0.05}

@@ -5,8 +5,8 @@ Shadow mode gathers evidence only as fast as live traffic arrives, while stored 
 stored call that a shadow rule matches (or the one rule named by ``--rule``, whatever its
 mode) and that has no shadow copy to that rule's model yet is sent again with the rule's
 model to the same provider, through the configured upstreams, and its answer compared with
-the stored one. The proxy's own :class:`~collector.routing.Router` rebuilds the call, sends,
-compares, caps spend and records (:meth:`~collector.routing.Router.shadow_stored`), so an
+the stored one. The proxy's own :class:`~collector.proxy.addons.router.Router` rebuilds the call, sends,
+compares, caps spend and records (:meth:`~collector.proxy.addons.router.Router.shadow_stored`), so an
 offline copy is the same row as a live one: ``routing_arm`` "shadow", ``shadow_of`` the
 stored call, ``routing_rule``, ``comparison``, ``agreement``, cost.
 
@@ -41,18 +41,18 @@ from rich.table import Table
 
 from analytics.metrics import SHADOW_ARMS
 from analytics.store import load
-from collector.config import Settings
-from collector.metadata import CallMetadata
-from collector.pricing import PriceBook
+from collector.calls.rows import json_or_none
+from collector.calls.spans import SpanRecorder
+from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
-from collector.recorder import Capture, Recorder
-from collector.routing import Router, read_answer, rule_for
-from collector.rows import json_or_none
-from collector.rules import RULES_FILE, Rule, load_rules
-from collector.spans import SpanRecorder
-from collector.spool import Spool
-from collector.store import Ingester, read_connection
-from collector.stream_usage import StreamUsage
+from collector.proxy.addons.metadata import CallMetadata
+from collector.proxy.addons.recorder import Capture, Recorder
+from collector.proxy.addons.router import Router, read_answer, rule_for
+from collector.proxy.addons.stream_usage import StreamUsage
+from collector.routing.rules import RULES_FILE, Rule, load_rules
+from collector.settings.config import Settings
+from collector.storage.database import Ingester, read_connection
+from collector.storage.spool import Spool
 
 #: Seconds allowed for the copies' rows to reach the store at the end.
 DRAIN_TIMEOUT_S = 30.0

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from collector.private import write_private
-from collector.rules import dump_rules, load_rules
+from collector.routing.rules import dump_rules, load_rules
+from collector.trust.private import write_private
 
 if TYPE_CHECKING:
     from analytics.routing import Recommendation
-    from collector.rules import Rule
+    from collector.routing.rules import Rule
 
 FORMATS = ("table", "json")
 DRAFT_HEADER = """\

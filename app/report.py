@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from collector import boundary
+from collector.trust import boundary
 
 if TYPE_CHECKING:
     import polars as pl
@@ -303,7 +303,7 @@ def money(value: Decimal | float) -> str:
 
 def printable(text: str) -> str:
     """``text`` on one line of the terminal: a value from the traffic must not move the cursor,
-    clear the screen or retitle the terminal (:func:`collector.boundary.printable`), nor
+    clear the screen or retitle the terminal (:func:`collector.trust.boundary.printable`), nor
     break a table row (tab and newline shown as escapes too)."""
     return boundary.printable(text).replace("\n", "\\x0a").replace("\t", "\\x09")
 

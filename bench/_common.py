@@ -297,7 +297,7 @@ class Bench(contextlib.ExitStack):
 
 def stored_rows(db: Path, expect: int, timeout: float = 15.0) -> int:
     """Rows in ``llm_calls``, waiting (up to ``timeout``) for the ingester to reach ``expect``."""
-    from collector.store import read_connection
+    from collector.storage.database import read_connection
 
     deadline = time.monotonic() + timeout
     while True:
@@ -313,8 +313,8 @@ def stored_rows(db: Path, expect: int, timeout: float = 15.0) -> int:
 
 def ca_bundle(data_dir: Path) -> Path:
     """llmtap's CA (created if needed) and its client bundle, as `llmtap proxy` makes them."""
-    from collector.certs import ensure_ca
-    from collector.config import Paths
+    from collector.proxy.certs import ensure_ca
+    from collector.settings.config import Paths
 
     return ensure_ca(Paths(data_dir))
 
@@ -941,9 +941,9 @@ def bare_main(args: argparse.Namespace) -> None:
     from mitmproxy import options
     from mitmproxy.tools.dump import DumpMaster
 
-    from collector.config import parse_upstream_flag
     from collector.providers import ProviderRegistry
-    from collector.upstream import UpstreamRewrite
+    from collector.proxy.addons.upstream import UpstreamRewrite
+    from collector.settings.config import parse_upstream_flag
 
     logging.basicConfig(level=logging.INFO, format="bare: %(levelname)s %(message)s")
     for noisy in ("mitmproxy", "asyncio"):

@@ -28,7 +28,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from analytics.synthetic import generate, write_store  # noqa: E402
 from app.ui import budget_status, data  # noqa: E402
 from bench._common import check_quiet, log, machine_line, table  # noqa: E402
-from collector.config import BudgetSpec  # noqa: E402
+from collector.settings.config import BudgetSpec  # noqa: E402
 
 DAYS = 30
 TARGET_S = 2.0

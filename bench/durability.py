@@ -57,7 +57,7 @@ CONNS = 8
 
 
 def store_ids(db: Path) -> collections.Counter[str]:
-    from collector.store import read_connection
+    from collector.storage.database import read_connection
 
     with read_connection(db) as con:
         rows = con.execute("SELECT response_id, count(*) FROM llm_calls GROUP BY response_id").fetchall()
@@ -161,7 +161,7 @@ def big_stream(proxy: Proc, bundle: Path) -> dict:
 
 def stored_body_sizes(db: Path) -> tuple[int | None, str | None]:
     """Stored response body length and capture mode of the largest streamed call."""
-    from collector.store import read_connection
+    from collector.storage.database import read_connection
 
     with read_connection(db) as con:
         row = con.execute(

@@ -315,8 +315,8 @@ def hook_timings(tmp: Path, n: int = 3000) -> list[tuple[str, float]]:
     from mitmproxy import http
     from mitmproxy.test import tflow
 
-    import collector.proxy as cp
-    from collector.config import load_settings
+    import collector.proxy.server as cp
+    from collector.settings.config import load_settings
 
     addons: list = []
 
@@ -435,9 +435,9 @@ def render_profile(summaries: dict, markdown: bool) -> str:
         )
         lines.append("")
         rows = [
-            (f"{n / main:.1%}", k + (" (also in bare)" if "collector/upstream.py" in k else ""))
+            (f"{n / main:.1%}", k + (" (also in bare)" if "collector/proxy/addons/upstream.py" in k else ""))
             for k, n in s["inclusive"].most_common(21)
-            if "collector/failopen.py" not in k
+            if "collector/proxy/failopen.py" not in k
         ]
         lines.append(table(("share of event loop", "llmtap function (inclusive)"), rows, markdown))
         lines.append("")

@@ -13,7 +13,7 @@ import time
 import timeit
 from datetime import UTC, datetime
 
-from collector.pricing import PriceBook
+from collector.pricing.book import PriceBook
 from collector.providers.base import Usage
 
 CASES = [

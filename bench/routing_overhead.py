@@ -13,12 +13,12 @@ from pathlib import Path
 
 from mitmproxy import connection, http
 
-from collector.pricing import PriceBook
+from collector.calls.spans import SpanRecorder
+from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
-from collector.recorder import Recorder
-from collector.routing import Router
-from collector.spans import SpanRecorder
-from collector.spool import Spool
+from collector.proxy.addons.recorder import Recorder
+from collector.proxy.addons.router import Router
+from collector.storage.spool import Spool
 
 CALLS = 200_000
 RULE = {"id": "other", "match": {"model": "gpt-4.1"}, "to": "gpt-4.1-mini", "mode": "enforce"}

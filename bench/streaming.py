@@ -194,7 +194,7 @@ def main() -> None:
 
 
 def stored_streams(data) -> str:
-    from collector.store import read_connection
+    from collector.storage.database import read_connection
 
     try:
         with read_connection(data / "llmtap.duckdb") as con:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from collector.certs import client_env
+from collector.proxy.certs import client_env
 
 
 def free_port() -> int:
@@ -97,7 +97,7 @@ class ProxyProcess:
 
     def rows(self, sql: str = "SELECT * FROM llm_calls ORDER BY started_at", wait_for: int = 0) -> list[dict]:
         """Query the store read-only, waiting (up to 10 s) until at least ``wait_for`` rows exist."""
-        from collector.store import read_connection
+        from collector.storage.database import read_connection
 
         deadline = time.monotonic() + 10
         while True:

@@ -24,7 +24,7 @@ from analytics.synthetic import START, generate, write_store
 from app import report
 from app.cli import main
 from collector import schema as store_schema
-from collector.pricing import PriceBook
+from collector.pricing.book import PriceBook
 from collector.providers import builtin_providers
 from collector.providers.base import Usage
 

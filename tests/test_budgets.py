@@ -20,7 +20,8 @@ import httpx
 import pytest
 from mitmproxy import http
 
-from collector.budgets import (
+from collector.providers import ProviderRegistry
+from collector.proxy.addons.budget_guard import (
     Budget,
     Budgets,
     Tally,
@@ -30,11 +31,10 @@ from collector.budgets import (
     rewrite_model,
     stored_spend,
 )
-from collector.config import BudgetSpec, ConfigError, load_settings
-from collector.failopen import failures
-from collector.metadata import CallMetadata
-from collector.providers import ProviderRegistry
-from collector.recorder import CAPTURE_KEY, Capture
+from collector.proxy.addons.metadata import CallMetadata
+from collector.proxy.addons.recorder import CAPTURE_KEY, Capture
+from collector.proxy.failopen import failures
+from collector.settings.config import BudgetSpec, ConfigError, load_settings
 from tests.conftest import running_proxy
 from tests.proxyproc import ProxyProcess, free_port
 from tests.upstream import FakeUpstream, Received, Reply
@@ -575,8 +575,7 @@ def test_budget_spend_is_read_from_the_store(tmp_path):
     """The start-up query: the period's spend per total, only the covered calls."""
     import duckdb
 
-    from collector import schema
-
+    from collector.storage import schema
     db = tmp_path / "llmtap.duckdb"
     now = time.time()
     today = datetime.fromtimestamp(now, UTC).isoformat()

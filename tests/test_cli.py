@@ -9,8 +9,8 @@ import textwrap
 
 import duckdb
 
-from collector.certs import ensure_ca
-from collector.config import Paths
+from collector.proxy.certs import ensure_ca
+from collector.settings.config import Paths
 from tests.upstream import Reply
 
 LLMTAP = [sys.executable, "-m", "app.cli"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.certs import ensure_ca
-from collector.config import Paths
+from collector.proxy.certs import ensure_ca
+from collector.settings.config import Paths
 from tests.proxyproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ import json
 import httpx
 import pytest
 
-from collector import compare
 from collector.providers import anthropic, gemini, openai
 from collector.providers.base import Output, ToolCall
+from collector.routing import compare
 from tests.upstream import FakeUpstream, Received, Reply
 
 GPT4_GSM8K = (

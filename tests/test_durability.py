@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collector.store import read_connection
+from collector.storage.database import read_connection
 from tests.conftest import LLM_HOSTS
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream, Received, Reply
@@ -151,7 +151,7 @@ def test_kill9_under_load_loses_no_completed_call(proxy, upstream, unique_chat):
 READER = """
 import json, sys, time
 from pathlib import Path
-from collector.store import read_connection
+from collector.storage.database import read_connection
 
 db, stop, seconds = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 errors, counts = [], []

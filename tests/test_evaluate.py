@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from collector.store import read_connection
+from collector.storage.database import read_connection
 from tests.conftest import running_proxy
 from tests.upstream import FakeUpstream, Received, Reply
 

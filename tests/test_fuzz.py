@@ -31,16 +31,16 @@ from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from collector import boundary
-from collector.export import export_calls
-from collector.logs import MaskingFormatter
-from collector.metadata import MetadataHeaders
-from collector.pricing import PriceBook
+from collector.calls.spans import SpanRecorder
+from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
-from collector.recorder import Recorder
-from collector.spans import SpanRecorder
-from collector.spool import QUARANTINE_DIR, Quarantine, Spool
-from collector.store import Ingester, ensure_schema
+from collector.proxy.addons.metadata import MetadataHeaders
+from collector.proxy.addons.recorder import Recorder
+from collector.storage.database import Ingester, ensure_schema
+from collector.storage.export import export_calls
+from collector.storage.spool import QUARANTINE_DIR, Quarantine, Spool
+from collector.trust import boundary
+from collector.trust.logs import MaskingFormatter
 from tests.conftest import running_proxy
 from tests.test_providers_google_bedrock_cohere import _frame as aws_frame
 from tests.upstream import FakeUpstream, Reply

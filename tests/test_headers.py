@@ -1,11 +1,11 @@
-"""collector.headers gives what mitmproxy's own (slower) accessors give, on real requests."""
+"""collector.wire.headers gives what mitmproxy's own (slower) accessors give, on real requests."""
 
 from __future__ import annotations
 
 import pytest
 from mitmproxy import http
 
-from collector.headers import first_header, intended_host
+from collector.wire.headers import first_header, intended_host
 
 
 def request(

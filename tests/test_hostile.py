@@ -23,8 +23,8 @@ import duckdb
 import httpx
 import pytest
 
-from collector.spool import QUARANTINE_DIR, Quarantine, Spool
-from collector.store import Ingester, ensure_schema, read_connection
+from collector.storage.database import Ingester, ensure_schema, read_connection
+from collector.storage.spool import QUARANTINE_DIR, Quarantine, Spool
 from tests.conftest import LLM_HOSTS, running_proxy
 from tests.proxyproc import ProxyProcess
 from tests.upstream import Reply
@@ -222,7 +222,7 @@ def test_the_loader_sets_aside_lines_it_cannot_load_and_loads_the_rest(tmp_path,
 def test_lines_duckdb_refuses_are_set_aside_one_by_one(tmp_path, monkeypatch):
     """A line that passes llmtap's checks but that DuckDB's reader still refuses (here: the
     checks are switched off) costs only itself."""
-    import collector.rows as rows
+    import collector.calls.rows as rows
 
     spool_dir, db = tmp_path / "spool", tmp_path / "llmtap.duckdb"
     ensure_schema(db)
@@ -389,12 +389,12 @@ def test_a_request_with_thousands_of_secret_values_costs_little_and_keeps_no_bod
     from mitmproxy import http
     from mitmproxy.test import tflow
 
-    from collector.metadata import MetadataHeaders
-    from collector.pricing import PriceBook
-    from collector.privacy import MAX_SECRET_VALUES
+    from collector.calls.spans import SpanRecorder
+    from collector.pricing.book import PriceBook
     from collector.providers import ProviderRegistry
-    from collector.recorder import CAPTURE_KEY, Recorder
-    from collector.spans import SpanRecorder
+    from collector.proxy.addons.metadata import MetadataHeaders
+    from collector.proxy.addons.recorder import CAPTURE_KEY, Recorder
+    from collector.trust.privacy import MAX_SECRET_VALUES
 
     spool, db = Spool(tmp_path / "spool"), tmp_path / "llmtap.duckdb"
     ensure_schema(db)

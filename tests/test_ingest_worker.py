@@ -25,11 +25,13 @@ REPLY = {
 
 
 def loader_pids(pid: int) -> list[int]:
-    """The proxy's child processes running ``collector.ingest_worker``."""
+    """The proxy's child processes running ``collector.storage.loader``."""
     children = [
         c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
     ]
-    return [int(c) for c in children if b"collector.ingest_worker" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [
+        int(c) for c in children if b"collector.storage.loader" in Path(f"/proc/{c}/cmdline").read_bytes()
+    ]
 
 
 def chat(proxy, n: int) -> None:
@@ -73,9 +75,9 @@ def test_loader_stores_what_a_killed_proxy_sealed_and_exits(tmp_path, upstream):
 def test_a_loader_that_grew_exits_for_a_fresh_one_after_loading(tmp_path, monkeypatch):
     """With any growth counting as too much, the loader loads the sealed file, then asks to be
     replaced; what it loaded is in the store exactly once."""
-    from collector import ingest_worker
-    from collector.spool import Spool
-    from collector.store import Ingester, read_connection
+    from collector.storage import loader as ingest_worker
+    from collector.storage.database import Ingester, read_connection
+    from collector.storage.spool import Spool
 
     spool = Spool(tmp_path / "spool")
     db = tmp_path / "llmtap.duckdb"

@@ -4,7 +4,7 @@ urllib3 (so ``requests``) turns Nagle's algorithm back on for connections to a p
 writes a request's head and body separately, so the body waits in the client's kernel for
 the proxy's ACK of the head; Linux delays that ACK by 40 ms or more on a connection that
 has carried a request already. Every such call reached the upstream ~44 ms after its
-``started_at`` until llmtap acknowledged request heads at once (``collector.upstream.QuickAck``).
+``started_at`` until llmtap acknowledged request heads at once (``collector.proxy.addons.upstream.QuickAck``).
 
 Each call is a streamed JSON POST through the real proxy, with ``requests`` and with the
 official ``anthropic`` SDK on kept-alive connections; the local upstream notes when each

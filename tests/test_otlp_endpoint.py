@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.config import load_settings, otlp_traces_url
+from collector.settings.config import load_settings, otlp_traces_url
 
 TRACES = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 SHARED = "OTEL_EXPORTER_OTLP_ENDPOINT"

@@ -7,7 +7,7 @@ import asyncio
 from mitmproxy import hooks
 from mitmproxy.test import taddons, tflow
 
-from collector.pipeline import Pipeline
+from collector.proxy.pipeline import Pipeline
 
 
 class Stage:

@@ -19,12 +19,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from collector import schema
-from collector.config import ConfigError, load_settings
-from collector.pricing import PriceBook, Rates, cost_columns, reprice
+from collector.pricing.book import PriceBook, Rates, cost_columns, reprice
 from collector.providers import builtin_providers
 from collector.providers.base import Usage
-from collector.store import ensure_schema
+from collector.settings.config import ConfigError, load_settings
+from collector.storage import schema
+from collector.storage.database import ensure_schema
 
 WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 NANO = Decimal("0.000000001")

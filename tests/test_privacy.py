@@ -22,7 +22,7 @@ import duckdb
 import httpx
 import pytest
 
-from collector import privacy
+from collector.trust import privacy
 from tests.conftest import running_proxy
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream, Reply
@@ -389,7 +389,7 @@ def test_metadata_mode_stores_no_bodies(metadata_run):
         assert _where(metadata_run, value) == [], value
 
 
-# -- unit tests of collector.privacy ------------------------------------------------------------
+# -- unit tests of collector.trust.privacy ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

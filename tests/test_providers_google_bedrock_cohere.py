@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from collector.eventstream import EventStreamReader
 from collector.providers import ProviderRegistry, ResponseFacts
-from collector.sse import SSEReader
+from collector.wire.eventstream import EventStreamReader
+from collector.wire.sse import SSEReader
 from tests.corpus import CORPUS, TOKENS, normalised
 
 PROVIDERS = ("gemini", "vertex", "bedrock", "cohere")

@@ -17,7 +17,7 @@ import pytest
 from collector.providers import ProviderRegistry, ResponseFacts
 from collector.providers.base import RequestFacts
 from collector.providers.openai import OpenAIFamily
-from collector.sse import SSEReader
+from collector.wire.sse import SSEReader
 from tests.corpus import CORPUS, TOKENS
 
 PROVIDERS = (

@@ -22,9 +22,9 @@ from analytics.routing.record import SCHEMA, Recommendation
 from analytics.routing.stats import samples_needed, wilson_interval
 from analytics.routing.swaps import Route, capability_gaps
 from app.cli import main
-from collector.config import ConfigError, RecommendSettings, parse_recommend
-from collector.pricing import PriceBook, Rates
-from collector.rules import Match, Rule, dump_rules, load_rules, parse_rules
+from collector.pricing.book import PriceBook, Rates
+from collector.routing.rules import Match, Rule, dump_rules, load_rules, parse_rules
+from collector.settings.config import ConfigError, RecommendSettings, parse_recommend
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 BOOK = PriceBook()

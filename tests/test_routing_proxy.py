@@ -315,7 +315,7 @@ def test_signed_request_is_never_rewritten(tmp_path, fake):
 
 def test_transport_failure_of_a_rewritten_call_is_not_retried(tmp_path):
     """mitmproxy 12 answers the client with a 502 itself after the ``error`` hook, whatever
-    an addon sets there (see collector/routing.py), so the failure is recorded, not retried."""
+    an addon sets there (see collector/proxy/addons/router.py), so the failure is recorded, not retried."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "rules.yaml").write_text(rules_yaml("enforce"))

@@ -16,16 +16,16 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from collector.config import load_settings
-from collector.ingest_worker import IngestWorker
-from collector.metadata import MetadataHeaders
-from collector.pricing import PriceBook, Rates
+from collector.calls.rows import OBSERVED_KEY, RowBuilder
+from collector.calls.spans import SpanRecorder
+from collector.pricing.book import PriceBook, Rates
 from collector.providers import ProviderRegistry
-from collector.recorder import Recorder
-from collector.rows import OBSERVED_KEY, RowBuilder
-from collector.spans import SpanRecorder
-from collector.spool import Spool
-from collector.store import Ingester, ensure_schema, read_connection
+from collector.proxy.addons.metadata import MetadataHeaders
+from collector.proxy.addons.recorder import Recorder
+from collector.settings.config import load_settings
+from collector.storage.database import Ingester, ensure_schema, read_connection
+from collector.storage.loader import IngestWorker
+from collector.storage.spool import Spool
 
 #: Every recording starts at the same instant, so that their rows compare equal.
 START = time.time() - 100

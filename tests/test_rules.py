@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.rules import Match, Rule, RulesError, dump_rules, first_match, load_rules, parse_rules
+from collector.routing.rules import Match, Rule, RulesError, dump_rules, first_match, load_rules, parse_rules
 
 FILE = """
 version: 1

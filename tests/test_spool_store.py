@@ -20,9 +20,9 @@ import duckdb
 import httpx
 import pytest
 
-from collector import schema
-from collector.spool import Spool
-from collector.store import Ingester, ingest_file, read_connection
+from collector.storage import schema
+from collector.storage.database import Ingester, ingest_file, read_connection
+from collector.storage.spool import Spool
 from tests.conftest import LLM_HOSTS
 from tests.proxyproc import ProxyProcess
 from tests.upstream import Reply

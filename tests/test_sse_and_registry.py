@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from collector.providers import ProviderRegistry
-from collector.sse import SSEReader
+from collector.wire.sse import SSEReader
 
 STREAM = (
     'event: message_start\r\ndata: {"a": 1}\r\n\r\n'

@@ -12,7 +12,7 @@ import textwrap
 
 import httpx
 
-from collector.stream_usage import UsageChunkFilter
+from collector.proxy.addons.stream_usage import UsageChunkFilter
 from tests.conftest import running_proxy
 from tests.upstream import Received, Reply
 

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from analytics.synthetic import MODELS, generate, write_store
 from app.ui import data
 from app.ui.safe import md
-from collector.store import ensure_schema
+from collector.storage.database import ensure_schema
 
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "app" / "ui" / "dashboard.py")
 PAGES = ("overview", "costs", "latency", "calls", "budgets")

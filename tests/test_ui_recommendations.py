@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 import analytics
 from analytics.synthetic import generate, with_routing, write_store
 from app.ui import routing
-from collector.rules import Match, Rule, dump_rules, load_rules
+from collector.routing.rules import Match, Rule, dump_rules, load_rules
 
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "app" / "ui" / "dashboard.py")
 KEPT = Rule(id="kept-rule", match=Match(model="gpt-4o", app="eval"), to="gpt-4o-mini", mode="shadow")

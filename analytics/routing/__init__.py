@@ -4,7 +4,7 @@ prompts or use a batch API, proven on the user's own traffic, and what it saved.
     import analytics
     recs = analytics.recommend("~/.llmtap", since="2026-11-01")   # list of Recommendation
     analytics.recommendations_frame(recs)                         # one row per record
-    rules = analytics.draft_rules(recs, "shadow")                 # collector.rules.Rule drafts
+    rules = analytics.draft_rules(recs, "shadow")                 # collector.routing.rules.Rule drafts
     analytics.realised_savings(analytics.load("~/.llmtap"))       # canary vs control per rule
 
 A route is an app plus the provider and model its requests ask for. The modules:

@@ -2,7 +2,7 @@
 
 The price of a route is its real token mix (mean input, cache reads and writes,
 output and reasoning tokens per request) at a model's catalogue rates
-(:class:`collector.pricing.PriceBook`, with the config's overrides), not the list price
+(:class:`collector.pricing.book.PriceBook`, with the config's overrides), not the list price
 of a token: a route that reads most of its prompt from cache costs far less than its
 input count suggests, and a swap loses that cache at first.
 """
@@ -14,7 +14,7 @@ from datetime import datetime
 
 from analytics.routing.catalogue import prices_id
 from analytics.routing.stats import count_interval
-from collector.pricing import PriceBook, Rates
+from collector.pricing.book import PriceBook, Rates
 
 DAYS_PER_MONTH = 30
 

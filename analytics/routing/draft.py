@@ -18,7 +18,7 @@ from typing import Any
 
 from analytics.routing.record import Recommendation
 from collector.providers.base import FEATURES
-from collector.rules import MODES, Match, Rule
+from collector.routing.rules import MODES, Match, Rule
 
 #: Share of callers a drafted canary starts with.
 CANARY_FRACTION = 0.1

@@ -27,8 +27,8 @@ from analytics.routing.costs import Savings
 from analytics.routing.record import Recommendation
 from analytics.routing.routes import ROUTE, production
 from analytics.routing.swaps import Route
-from collector.pricing import PriceBook
-from collector.store import read_connection
+from collector.pricing.book import PriceBook
+from collector.storage.database import read_connection
 
 PREFIX_CHARS = 4096
 PREFIX_TOKENS = 1024

@@ -12,8 +12,8 @@ from analytics.routing.record import Recommendation
 from analytics.routing.routes import ROUTE, route_profiles, shadow_evidence
 from analytics.routing.swaps import Route, model_swaps
 from analytics.store import db_path, instant, load
-from collector.config import RecommendSettings
-from collector.pricing import PriceBook
+from collector.pricing.book import PriceBook
+from collector.settings.config import RecommendSettings
 
 #: Record order: what to act on first.
 _STATUS_ORDER = {"recommended": 0, "needs_evidence": 1, "rejected": 2}

@@ -3,7 +3,7 @@
 A swap is recommended only when the route's own traffic proves it: at least
 ``min_samples`` shadow samples, and the Wilson lower bound of their agreement with the
 incumbent at ``min_agreement`` or above (both from ``[recommend]``, see
-:class:`collector.config.RecommendSettings`). Otherwise the record says what is missing
+:class:`collector.settings.config.RecommendSettings`). Otherwise the record says what is missing
 (``needs_evidence``: more samples, or a shadow rule to collect them) or why the swap is
 off (``rejected``: agreement too low, a capability the route needs, not cheaper).
 
@@ -25,8 +25,8 @@ from analytics.routing.catalogue import ModelInfo, model_info, served_by
 from analytics.routing.costs import Savings, TokenMix, Volume, cost_per_1k
 from analytics.routing.record import Recommendation
 from analytics.routing.stats import samples_needed, wilson_interval
-from collector.config import RecommendSettings
-from collector.pricing import PriceBook
+from collector.pricing.book import PriceBook
+from collector.settings.config import RecommendSettings
 
 #: Catalogue candidates without evidence listed per route (the biggest savings first),
 #: when the config names none and no candidate of the route has been shadowed yet.

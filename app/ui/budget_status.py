@@ -1,7 +1,7 @@
 """The Budgets page's data: each configured budget's spend, burn rate and forecast in its
 current period, the proxy's current alerts, and the calls budgets blocked.
 
-Budgets are enforced by the proxy (:mod:`collector.budgets`); this reads the same
+Budgets are enforced by the proxy (:mod:`collector.proxy.addons.budget_guard`); this reads the same
 definitions (``[budgets."NAME"]`` in the config) and recomputes each total from the
 store with :func:`analytics.burn`, so the page also works when no proxy runs. A budget's
 own filters and period apply, never the sidebar's.
@@ -18,12 +18,12 @@ import polars as pl
 
 import analytics
 from analytics.dimensions import NONE
-from collector.budgets import Scope
-from collector.config import BudgetSpec, Paths
+from collector.proxy.addons.budget_guard import Scope
+from collector.settings.config import BudgetSpec, Paths
 
 #: The columns a budget's scope and spend need.
 BUDGET_COLUMNS = ("started_at", "app", "user_id", "properties", "cost_usd")
-#: How the proxy words a blocked call's ``error`` (collector.budgets.Alert.message).
+#: How the proxy words a blocked call's ``error`` (collector.proxy.addons.budget_guard.Alert.message).
 BLOCKED = r"blocked by budget ([^:]+):"
 #: Run rate over the last hour: reacts to a change faster than the period's average.
 RATE_LOOKBACK = timedelta(hours=1)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from app.ui import widgets
 from app.ui.safe import md
-from collector.config import ConfigError
+from collector.settings.config import ConfigError
 
 PAGES = Path(__file__).resolve().parent / "page_scripts"
 

@@ -24,8 +24,8 @@ import polars as pl
 import analytics
 from analytics.dimensions import NONE
 from analytics.metrics import is_shadow, latency_ms, money
-from collector.config import BudgetSpec
-from collector.store import read_connection
+from collector.settings.config import BudgetSpec
+from collector.storage.database import read_connection
 
 #: Sidebar time windows: label -> how far back from now (None: everything stored).
 WINDOWS: dict[str, timedelta | None] = {

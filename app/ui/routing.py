@@ -19,10 +19,10 @@ import polars as pl
 import analytics
 from analytics.routing import Recommendation
 from app.ui.data import View
-from collector.config import Settings
-from collector.pricing import PriceBook
-from collector.private import write_private
-from collector.rules import RULES_FILE, Rule, dump_rules, load_rules
+from collector.pricing.book import PriceBook
+from collector.routing.rules import RULES_FILE, Rule, dump_rules, load_rules
+from collector.settings.config import Settings
+from collector.trust.private import write_private
 
 #: What the page can do with the recommended swaps: ``draft`` only shows the rules.
 ACTIONS = ("draft", "shadow", "canary", "enforce")

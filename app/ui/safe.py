@@ -19,8 +19,8 @@ from typing import Any
 
 import polars as pl
 
-from collector import boundary
-from collector.boundary import CONTROL
+from collector.trust import boundary
+from collector.trust.boundary import CONTROL
 
 #: CommonMark lets any ASCII punctuation be backslash-escaped, and an escaped character is
 #: never syntax: escaping them all covers Markdown, GFM's tables and strikethrough, raw HTML
@@ -40,7 +40,7 @@ _CONTROL_CHARS = [chr(c) for c in range(0x2070) if CONTROL.match(chr(c))]
 
 def printable(value: Any) -> str:
     """``value`` as text with control characters spelt as escapes (ESC as ``\\x1b``), so
-    they neither vanish nor act on the display (:func:`collector.boundary.printable`)."""
+    they neither vanish nor act on the display (:func:`collector.trust.boundary.printable`)."""
     return boundary.printable(str(value))
 
 

@@ -25,7 +25,7 @@ from app.ui import budget_status, data, routing
 from app.ui.format import count, usd
 from app.ui.launch import CONFIG_ENV
 from app.ui.safe import md, printable
-from collector.config import BudgetSpec, Settings, load_settings
+from collector.settings.config import BudgetSpec, Settings, load_settings
 
 REFRESH_S = 5
 CACHE_TTL_S = 60

@@ -6,7 +6,7 @@ so they are added to reach the convention's total prompt. Requests are SigV4-sig
 llmtap never changes them (no stream-usage option).
 
 Streams (``converse-stream``, ``invoke-with-response-stream``) are AWS binary event streams,
-framed by :class:`collector.eventstream.EventStreamReader`; each frame arrives here as an
+framed by :class:`collector.wire.eventstream.EventStreamReader`; each frame arrives here as an
 event named by its ``:event-type`` with its JSON payload. ConverseStream ends with a
 ``metadata`` event holding the usage.
 

@@ -8,7 +8,7 @@ import analytics
 from app.ui import routing, widgets
 from app.ui.format import count, percent, usd
 from app.ui.safe import md, printable, printable_frame
-from collector.rules import RulesError, dump_rules, load_rules
+from collector.routing.rules import RulesError, dump_rules, load_rules
 
 st.title("Recommendations")
 view, settings = widgets.page_view()

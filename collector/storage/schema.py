@@ -47,7 +47,7 @@ LLM_CALLS: dict[str, str] = {
     "provider_cost_usd": "DECIMAL(18,9)",
     "request_features": "VARCHAR[]",
     "max_output_tokens": "BIGINT",
-    # Routing (the recommender's rules applied by the proxy; see collector/routing.py).
+    # Routing (the recommender's rules applied by the proxy; see collector/proxy/addons/router.py).
     "routing_rule": "VARCHAR",
     "routing_arm": "VARCHAR",
     "shadow_of": "VARCHAR",

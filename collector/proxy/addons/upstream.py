@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from mitmproxy import ctx, http
 from mitmproxy.net.http import url
 
-from collector.config import Upstream
-from collector.failopen import fail_open
-from collector.headers import intended_host
+from collector.proxy.failopen import fail_open
+from collector.settings.config import Upstream
+from collector.wire.headers import intended_host
 
 
 class UpstreamRewrite:

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from collector import schema
-from collector.store import read_connection
+from collector.storage import schema
+from collector.storage.database import read_connection
 
 FORMATS = {"jsonl": "(FORMAT json)", "csv": "(FORMAT csv, HEADER)", "parquet": "(FORMAT parquet)"}
 

@@ -23,12 +23,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from collector import schema
-from collector.boundary import BODY_LIMIT, column_values, json_value
-from collector.failopen import failures
-from collector.pricing import PriceBook, Rates, cost_columns
+from collector.calls.spans import SpanRecorder
+from collector.pricing.book import PriceBook, Rates, cost_columns
 from collector.providers import Endpoint, Provider, RequestFacts, ResponseFacts, Usage, builtin_providers
-from collector.spans import SpanRecorder
+from collector.proxy.failopen import failures
+from collector.storage import schema
+from collector.trust.boundary import BODY_LIMIT, column_values, json_value
 
 log = logging.getLogger("llmtap.rows")
 
@@ -79,9 +79,9 @@ class Observed:
     agreement: bool | None = None
 
     def clean(self, secrets: Sequence[str] = ()) -> None:
-        """Pass every field from outside through the boundary (:mod:`collector.boundary`), in
+        """Pass every field from outside through the boundary (:mod:`collector.trust.boundary`), in
         place: the metadata, the path, errors and the facts read from streams. The bodies were
-        cleaned as they were kept (:func:`collector.privacy.stored_body`)."""
+        cleaned as they were kept (:func:`collector.trust.privacy.stored_body`)."""
         for name in _OUTSIDE_FIELDS:
             setattr(self, name, json_value(getattr(self, name), secrets))
 

@@ -1,7 +1,7 @@
 """llmtap's log output: one set-up for the command line and the loader child, secrets masked.
 
 Log lines carry outside values (hosts, errors, header values a library prints at debug
-level), so each line crosses the boundary (:func:`collector.boundary.log_line`) as it is
+level), so each line crosses the boundary (:func:`collector.trust.boundary.log_line`) as it is
 formatted: at any verbosity no secret header value, ``key=`` query parameter or key-like
 string is written, and no control character reaches the terminal.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from collector.boundary import log_line
+from collector.trust.boundary import log_line
 
 __all__ = ["MaskingFormatter", "setup"]
 

@@ -43,14 +43,14 @@ from urllib.parse import quote, unquote, urlsplit
 
 from mitmproxy import http
 
-from collector.config import BudgetSpec
-from collector.failopen import fail_open
-from collector.metadata import CallMetadata
-from collector.private import write_private
-from collector.recorder import CAPTURE_KEY, Capture
-from collector.rows import json_or_none
-from collector.store import read_connection
-from collector.stream_usage import is_signed
+from collector.calls.rows import json_or_none
+from collector.proxy.addons.metadata import CallMetadata
+from collector.proxy.addons.recorder import CAPTURE_KEY, Capture
+from collector.proxy.addons.stream_usage import is_signed
+from collector.proxy.failopen import fail_open
+from collector.settings.config import BudgetSpec
+from collector.storage.database import read_connection
+from collector.trust.private import write_private
 
 log = logging.getLogger("llmtap.budgets")
 

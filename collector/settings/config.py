@@ -34,7 +34,7 @@ The config file is TOML::
     candidates = ["gpt-4o-mini"]   # or per incumbent: {"gpt-4o" = ["gpt-4o-mini"]}; default: the catalogue
     exclude = ["gpt-3.5-turbo"]    # never proposed
 
-    [routing]                   # how the proxy and `llmtap evaluate` apply the rules (collector/rules.py)
+    [routing]                   # how the proxy and `llmtap evaluate` apply the rules file
     rules = "rules.yaml"        # default: DATA_DIR/rules.yaml; --rules FILE wins
     judge_model = "gpt-4.1-mini"  # compares free-text shadow answers; unset: they are not compared
     noise_floor_fraction = 0.02 # share of shadowed calls also copied to their own model
@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from collector.pricing import Rates, tier_ref
-from collector.spool import QUARANTINE_DIR
+from collector.pricing.book import Rates, tier_ref
+from collector.storage.spool import QUARANTINE_DIR
 
 CAPTURE_MODES = ("full", "redacted", "metadata")
 
@@ -95,7 +95,7 @@ class Paths:
 
     @property
     def quarantine(self) -> Path:
-        """Spool lines the loader could not load (see :class:`collector.spool.Quarantine`)."""
+        """Spool lines the loader could not load (see :class:`collector.storage.spool.Quarantine`)."""
         return self.spool / QUARANTINE_DIR
 
     @property

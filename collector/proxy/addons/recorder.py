@@ -23,19 +23,19 @@ from typing import Protocol
 
 from mitmproxy import http
 
-from collector import privacy
-from collector.boundary import BODY_LIMIT
-from collector.decoding import Decoder, decoder_for
-from collector.eventstream import EventStreamReader
-from collector.failopen import fail_open, failures
-from collector.headers import decoded_body, first_header, intended_host
-from collector.metadata import METADATA_KEY, CallMetadata
-from collector.pricing import PriceBook
+from collector.calls.rows import Observed, RowBuilder, json_or_none, read_response, row_line
+from collector.calls.spans import SpanRecorder
+from collector.pricing.book import PriceBook
 from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts
-from collector.rows import Observed, RowBuilder, json_or_none, read_response, row_line
-from collector.spans import SpanRecorder
-from collector.spool import Spool
-from collector.sse import SSEReader
+from collector.proxy.addons.metadata import METADATA_KEY, CallMetadata
+from collector.proxy.failopen import fail_open, failures
+from collector.storage.spool import Spool
+from collector.trust import privacy
+from collector.trust.boundary import BODY_LIMIT
+from collector.wire.decoding import Decoder, decoder_for
+from collector.wire.eventstream import EventStreamReader
+from collector.wire.headers import decoded_body, first_header, intended_host
+from collector.wire.sse import SSEReader
 
 log = logging.getLogger("llmtap.recorder")
 
@@ -159,7 +159,7 @@ class StreamTee:
 class Recorder:
     """Records every LLM call. ``rows_in_flight`` says that something in this process needs
     each call's row (its cost) when the call ends, such as budgets; otherwise rows are built
-    in flight only when the call or the capture mode needs it (see :mod:`collector.rows`)."""
+    in flight only when the call or the capture mode needs it (see :mod:`collector.calls.rows`)."""
 
     def __init__(
         self,

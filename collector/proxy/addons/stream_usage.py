@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 
 from mitmproxy import http
 
-from collector.failopen import fail_open
-from collector.recorder import CAPTURE_KEY, Capture
+from collector.proxy.addons.recorder import CAPTURE_KEY, Capture
+from collector.proxy.failopen import fail_open
 
 STREAM_APIS = ("chat", "completions")
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n")

@@ -35,7 +35,7 @@ MASK = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
 #: Most secret values for which a call's bodies are kept: each costs a scan of every body
 #: (up to 8 MiB). A request carrying more (thousands of cookies, say) is recorded without its
-#: bodies (see :class:`collector.recorder.Recorder`); its other fields, bounded in size, are
+#: bodies (see :class:`collector.proxy.addons.recorder.Recorder`); its other fields, bounded in size, are
 #: still scanned for every value, so its work grows with the request, not its square.
 MAX_SECRET_VALUES = 64
 

@@ -7,7 +7,7 @@ from operator import itemgetter
 
 from mitmproxy import http
 
-from collector import boundary
+from collector.trust import boundary
 
 PREFIX = b"x-llmtap-"
 PROPERTY_PREFIX = b"x-llmtap-property-"

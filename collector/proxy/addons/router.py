@@ -1,4 +1,4 @@
-"""The routing addon: applies the rules file (:mod:`collector.rules`) to live calls.
+"""The routing addon: applies the rules file (:mod:`collector.routing.rules`) to live calls.
 
 It runs after the recorder (it needs the call's ``Capture``) and the budgets (a call a
 budget blocked or downgraded is left alone), and before the addons that prepare the
@@ -19,7 +19,7 @@ request for upstream. For each call the first matching rule acts, by its mode:
   calls (free-text comparisons) are rows too ("judge"). Copies stop for the UTC day once
   a rule's copies and judge calls have cost ``shadow_spend_cap_usd`` (what they cost earlier
   that day is read from the store at start-up, so a restart does not reset the cap). Copies
-  get the same injected stream usage as live calls (:mod:`collector.stream_usage`), and a
+  get the same injected stream usage as live calls (:mod:`collector.proxy.addons.stream_usage`), and a
   copied stream keeps its text for the comparison in every capture mode. ``llmtap evaluate``
   (app/evaluate.py) sends the same copies offline, for stored calls, through
   :meth:`Router.shadow_stored`.
@@ -57,19 +57,19 @@ import httpx
 from mitmproxy import connection, http
 from mitmproxy.flow import Error
 
-from collector import compare
-from collector.budgets import SEED_TIMEOUT_S, rewrite_model
-from collector.config import Upstream
-from collector.failopen import fail_open, failures
-from collector.metadata import METADATA_KEY, CallMetadata
+from collector.calls.rows import CHARS_PER_TOKEN, json_or_none
 from collector.providers.base import Output, OutputReader
-from collector.recorder import CAPTURE_KEY, Capture, Recorder
-from collector.rows import CHARS_PER_TOKEN, json_or_none
-from collector.rules import EVALUATION_ARMS, Rule, RulesError, first_match, load_rules
-from collector.sse import SSEReader
-from collector.store import read_connection
-from collector.stream_usage import StreamUsage, is_signed
-from collector.upstream import UpstreamRewrite
+from collector.proxy.addons.budget_guard import SEED_TIMEOUT_S, rewrite_model
+from collector.proxy.addons.metadata import METADATA_KEY, CallMetadata
+from collector.proxy.addons.recorder import CAPTURE_KEY, Capture, Recorder
+from collector.proxy.addons.stream_usage import StreamUsage, is_signed
+from collector.proxy.addons.upstream import UpstreamRewrite
+from collector.proxy.failopen import fail_open, failures
+from collector.routing import compare
+from collector.routing.rules import EVALUATION_ARMS, Rule, RulesError, first_match, load_rules
+from collector.settings.config import Upstream
+from collector.storage.database import read_connection
+from collector.wire.sse import SSEReader
 
 log = logging.getLogger("llmtap.routing")
 

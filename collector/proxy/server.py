@@ -21,23 +21,23 @@ from pathlib import Path
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
-from collector.budgets import Budgets
-from collector.certs import ensure_ca
-from collector.config import Settings
-from collector.ingest_worker import IngestWorker
-from collector.metadata import MetadataHeaders
-from collector.pipeline import Pipeline
-from collector.pricing import PriceBook
-from collector.private import private_dir, tighten
+from collector.calls.spans import SpanRecorder
+from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
-from collector.recorder import Recorder
-from collector.routing import Router
-from collector.rules import RULES_FILE
-from collector.spans import SpanRecorder
-from collector.spool import Spool
-from collector.store import ensure_schema
-from collector.stream_usage import StreamUsage
-from collector.upstream import QuickAck, UpstreamRewrite
+from collector.proxy.addons.budget_guard import Budgets
+from collector.proxy.addons.metadata import MetadataHeaders
+from collector.proxy.addons.recorder import Recorder
+from collector.proxy.addons.router import Router
+from collector.proxy.addons.stream_usage import StreamUsage
+from collector.proxy.addons.upstream import QuickAck, UpstreamRewrite
+from collector.proxy.certs import ensure_ca
+from collector.proxy.pipeline import Pipeline
+from collector.routing.rules import RULES_FILE
+from collector.settings.config import Settings
+from collector.storage.database import ensure_schema
+from collector.storage.loader import IngestWorker
+from collector.storage.spool import Spool
+from collector.trust.private import private_dir, tighten
 
 log = logging.getLogger("llmtap.proxy")
 

@@ -13,7 +13,7 @@ each value crosses here, once, on its way to a row, a span or a spool line, and 
   :data:`BODY_LIMIT`; JSON values at :data:`JSON_ITEMS` items a level and
   :data:`JSON_DEPTH` levels;
 * **secret-free**: the call's own secret values (its ``Authorization``, ``x-api-key``,
-  cookies, ``key=`` query parameters; see :func:`collector.privacy.secret_values`) are cut
+  cookies, ``key=`` query parameters; see :func:`collector.trust.privacy.secret_values`) are cut
   out wherever they appear, and so is anything shaped like a key (``sk-...``, ``AIza...``,
   bearer tokens), in every capture mode: an upstream that echoes a key back in its error,
   its response id or a stream's error event does not get it stored.
@@ -32,7 +32,7 @@ from decimal import Decimal, InvalidOperation
 from itertools import islice
 from typing import Any
 
-from collector.privacy import KEYLIKE, MASK, SECRET_HEADERS, SECRET_QUERY_KEYS
+from collector.trust.privacy import KEYLIKE, MASK, SECRET_HEADERS, SECRET_QUERY_KEYS
 
 __all__ = [
     "BODY_LIMIT",
@@ -64,7 +64,7 @@ _INT_RANGES = {"BIGINT": (-(2**63), 2**63 - 1), "INTEGER": (-(2**31), 2**31 - 1)
 #: DECIMAL(18,9) holds 9 digits before the point.
 _DECIMAL_BOUND = Decimal(10) ** 9
 _NANO = Decimal("0.000000001")
-#: The shortest text :data:`collector.privacy.KEYLIKE` matches (``xoxb-`` and 10 more).
+#: The shortest text :data:`collector.trust.privacy.KEYLIKE` matches (``xoxb-`` and 10 more).
 _SHORTEST_KEY = 15
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: What :func:`printable` escapes: C0 controls but tab and newline, DEL, C1 controls, and the
@@ -144,7 +144,7 @@ def column_values(
     limit: int = TEXT_LIMIT,
     mask_keys: bool = True,
 ) -> dict[str, Any]:
-    """The ``columns`` (name to DuckDB type, from :mod:`collector.schema`) of ``row``, each
+    """The ``columns`` (name to DuckDB type, from :mod:`collector.storage.schema`) of ``row``, each
     made a valid value of its type or None; keys outside ``columns`` are left out. ``limit``
     and ``mask_keys`` apply to VARCHAR columns, as in :func:`text`."""
     return {name: _typed(row.get(name), kind, secrets, limit, mask_keys) for name, kind in columns.items()}

@@ -26,9 +26,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from collector.failopen import failures
 from collector.providers.base import Usage
-from collector.store import LOCK_WAIT_S, connect_writer, read_connection
+from collector.proxy.failopen import failures
+from collector.storage.database import LOCK_WAIT_S, connect_writer, read_connection
 
 log = logging.getLogger("llmtap.pricing")
 

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from collector import schema
-from collector.spool import QUARANTINE_DIR, Quarantine, Spool
+from collector.storage import schema
+from collector.storage.spool import QUARANTINE_DIR, Quarantine, Spool
 
-if TYPE_CHECKING:  # at run time these come in when needed: collector.pricing imports this module
-    from collector.pricing import Rates
-    from collector.rows import RowBuilder
+if TYPE_CHECKING:  # at run time these come in when needed: collector.pricing.book imports this module
+    from collector.calls.rows import RowBuilder
+    from collector.pricing.book import Rates
 
 log = logging.getLogger("llmtap.store")
 
@@ -126,7 +126,7 @@ def ingest_file(
     """Load one sealed spool file in a single transaction; returns rows added (0 if done before).
     Its observed calls get their rows built first, by the builder ``rows`` gives. Lines that
     cannot be loaded go to ``quarantine`` (by default the spool's own) and the rest loads."""
-    from collector.rows import built_spool_file
+    from collector.calls.rows import built_spool_file
 
     name = path.name
     if con.execute("SELECT 1 FROM spool_ingested WHERE name = ?", [name]).fetchone():
@@ -214,7 +214,7 @@ def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
 class Ingester:
     """Loads sealed spool files into DuckDB: one pass per :meth:`run_once`.
 
-    The proxy runs it in a child process (:mod:`collector.ingest_worker`), so that DuckDB's
+    The proxy runs it in a child process (:mod:`collector.storage.loader`), so that DuckDB's
     work never holds the proxy's GIL; it also runs in-process for one-off passes.
     """
 
@@ -223,7 +223,7 @@ class Ingester:
     ) -> None:
         self.spool = spool
         self.db_path = db_path
-        #: The config's price overrides, for the rows of observed calls (see collector.rows).
+        #: The config's price overrides, for the rows of observed calls (see collector.calls.rows).
         self.price_overrides = dict(price_overrides or {})
         self.rows_ingested = 0
         self._failing: str | None = None
@@ -232,7 +232,7 @@ class Ingester:
     def _rows(self) -> RowBuilder:
         """Made on first need: the price catalogue takes ~0.4 s to load."""
         if self._builder is None:
-            from collector.rows import RowBuilder
+            from collector.calls.rows import RowBuilder
 
             self._builder = RowBuilder.offline(self.price_overrides)
         return self._builder

@@ -14,8 +14,8 @@ from pathlib import Path
 import certifi
 from mitmproxy.certs import CertStore
 
-from collector.config import Paths
-from collector.private import private_dir, write_private
+from collector.settings.config import Paths
+from collector.trust.private import private_dir, write_private
 
 SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine

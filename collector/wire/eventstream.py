@@ -1,7 +1,7 @@
 """Incremental reader for AWS's binary event-stream framing (``application/vnd.amazon.eventstream``).
 
 Bedrock's streaming APIs (ConverseStream, InvokeModelWithResponseStream) send this rather
-than server-sent events. The reader has :class:`collector.sse.SSEReader`'s shape (bytes in,
+than server-sent events. The reader has :class:`collector.wire.sse.SSEReader`'s shape (bytes in,
 ``(event, data)`` pairs out) so one parsing loop serves both: ``event`` is the frame's
 ``:event-type`` (``contentBlockDelta``, ``metadata``, ``chunk``...), or for an exception
 frame its ``:exception-type`` (``throttlingException``...); ``data`` is the JSON payload.

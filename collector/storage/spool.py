@@ -22,7 +22,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from collector.private import private_dir
+from collector.trust.private import private_dir
 
 log = logging.getLogger("llmtap.spool")
 

@@ -5,13 +5,13 @@ A DuckDB batch (open, load, checkpoint, close) takes 50-80 ms of CPU; in a threa
 proxy it held the GIL in stretches of 8-12 ms, which the event loop felt as latency on
 every call in flight. Here the proxy only seals the active spool file every 0.5 s (2 s
 while traffic is heavy; a close and a rename, on a small thread) and writes one byte down
-a pipe; the child (``python -m collector.ingest_worker SPOOL DB``) loads every sealed file
+a pipe; the child (``python -m collector.storage.loader SPOOL DB``) loads every sealed file
 when the byte arrives. Nudges that pile up while a batch loads are read at once, so batches grow
 with load instead of queueing.
 
 Durability does not change: a call is durable once its spool line is written (by the
 recorder, before the client has the last byte), and a sealed file is loaded exactly once
-whichever process loads it (see :func:`collector.store.ingest_file`). When the pipe closes
+whichever process loads it (see :func:`collector.storage.database.ingest_file`). When the pipe closes
 (the proxy stops, or dies) the child loads everything left and exits; :meth:`IngestWorker.stop`
 then loads in-process whatever the child could not, so a stopped proxy leaves every record
 written as before.
@@ -32,10 +32,10 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from collector import logs
-from collector.pricing import Rates
-from collector.spool import Spool
-from collector.store import MAX_RETRY_S, Ingester
+from collector.pricing.book import Rates
+from collector.storage.database import MAX_RETRY_S, Ingester
+from collector.storage.spool import Spool
+from collector.trust import logs
 
 log = logging.getLogger("llmtap.ingest")
 
@@ -77,7 +77,7 @@ class IngestWorker:
         self._thread.start()
 
     def _spawn(self) -> None:
-        cmd = [sys.executable, "-m", "collector.ingest_worker", str(self.spool.directory), str(self.db_path)]
+        cmd = [sys.executable, "-m", "collector.storage.loader", str(self.spool.directory), str(self.db_path)]
         if self.ingester.price_overrides:
             cmd += ["--price-overrides", _encode(self.ingester.price_overrides)]
         # Its own session: a terminal's Ctrl-C goes to the proxy, which then closes the pipe.
@@ -169,7 +169,7 @@ def _resident_bytes() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m collector.ingest_worker",
+        prog="python -m collector.storage.loader",
         description="Load llmtap's sealed spool files into its DuckDB store each time a byte "
         "arrives on stdin; load everything left and exit when stdin closes. Started by the proxy.",
     )
