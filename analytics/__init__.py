@@ -8,7 +8,7 @@ routing recommender stand on.
 :func:`load` gives the store's calls as a LazyFrame; every analysis is a plain function
 of that frame (plus parameters) returning a DataFrame, built from Polars expressions
 (no Python loop over calls). The store is open only while a result is collected, for
-DuckDB's scan of the columns the analysis needs (see :mod:`analytics.store`), so
+DuckDB's scan of the columns the analysis needs (see :mod:`analytics.source`), so
 analyses run safely beside a recording proxy. Grouping (``by``) accepts the names in
 :data:`DIMENSIONS`, ``property:KEY`` and any column (see :mod:`analytics.dimensions`).
 
@@ -21,12 +21,11 @@ analyses run safely beside a recording proxy. Grouping (``by``) accepts the name
 * :func:`anomalies`: hours or days far off the recent norm (robust z-score)
 * :func:`shadow_spend`: what shadow evaluation of candidate models cost (kept out of spend)
 * :func:`recommend`, :func:`recommendations_frame`, :func:`draft_rules`,
-  :func:`realised_savings`: the routing recommender (:mod:`analytics.routing`)
+  :func:`realised_savings`: the routing recommender (:mod:`analytics.recommender`)
 * :mod:`analytics.synthetic`: realistic generated stores for tests, benchmarks and demos
 """
 
 from analytics.anomalies import anomalies
-from analytics.budget import burn, period_bounds
 from analytics.cache import cache_rates, cache_savings
 from analytics.dimensions import (
     DIMENSIONS,
@@ -39,7 +38,8 @@ from analytics.dimensions import (
     truncated,
 )
 from analytics.metrics import errors, latency, shadow_spend, spend, summary, truncations, unpriced
-from analytics.routing import (
+from analytics.period_spend import burn
+from analytics.recommender import (
     Recommendation,
     draft_rules,
     realised_savings,
@@ -47,7 +47,7 @@ from analytics.routing import (
     recommendations_frame,
     wilson_interval,
 )
-from analytics.store import SCHEMA, db_path, load
+from analytics.source import SCHEMA, db_path, load
 from analytics.waste import waste, waste_flags
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
     "errors",
     "latency",
     "load",
-    "period_bounds",
     "realised_savings",
     "recommend",
     "recommendations_frame",

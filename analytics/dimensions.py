@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from analytics.store import SCHEMA
+from analytics.source import SCHEMA
 
 NONE = "(none)"
 

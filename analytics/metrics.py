@@ -12,8 +12,9 @@ Shadow copies (the routing recommender's evidence: ``routing_arm`` ``shadow``,
 :func:`spend` and :func:`summary` leave them out unless ``include_shadow``, and
 :func:`shadow_spend` reports them apart.
 
-Sums of money stay exact decimals (``Decimal(38, 9)``, equal to DuckDB's ``sum``) and
-are null, not 0, when no call in the group has a price. Percentiles interpolate
+Sums of money stay exact decimals (``Decimal(38, 9)``, equal to DuckDB's ``sum``). Sums
+of money and of token counts are null, not 0, when no call in the group reported a value
+(no price, or no count of that kind of token), as DuckDB's ``sum`` is. Percentiles interpolate
 linearly between ranks, as DuckDB's ``quantile_cont``.
 """
 
@@ -51,8 +52,12 @@ def count(condition: pl.Expr | None = None) -> pl.Expr:
     return (pl.len() if condition is None else condition.sum()).cast(pl.Int64)
 
 
-def money(column: pl.Expr | str) -> pl.Expr:
-    """The exact sum of a money column; null when no value in the group is known."""
+def known_sum(column: pl.Expr | str) -> pl.Expr:
+    """The sum of a column's known values; null when no value in the group is known.
+
+    Polars sums nothing (or only nulls) to 0, which would claim a fact: an embeddings call
+    reports no output tokens and an unpriced call has no cost, and their sums are unknown,
+    not zero. Money stays exact (decimal sums)."""
     expr = pl.col(column) if isinstance(column, str) else column
     return pl.when(expr.count() > 0).then(expr.sum())
 
@@ -68,8 +73,8 @@ def spend_aggregates() -> list[pl.Expr]:
     has_usage = pl.col("input_tokens").is_not_null() | pl.col("output_tokens").is_not_null()
     return [
         count().alias("calls"),
-        *(pl.col(c).sum().alias(c) for c in TOKEN_COLUMNS),
-        money("cost_usd").alias("cost_usd"),
+        *(known_sum(c).alias(c) for c in TOKEN_COLUMNS),
+        known_sum("cost_usd").alias("cost_usd"),
         count(pl.col("cost_usd").is_null() & has_usage).alias("unpriced_calls"),
     ]
 
@@ -135,9 +140,9 @@ def summary(
     calls = calls if include_shadow else calls.filter(~is_shadow())
     aggregates = [
         count().alias("calls"),
-        pl.col("input_tokens").sum(),
-        pl.col("output_tokens").sum(),
-        money("cost_usd").alias("cost_usd"),
+        known_sum("input_tokens").alias("input_tokens"),
+        known_sum("output_tokens").alias("output_tokens"),
+        known_sum("cost_usd").alias("cost_usd"),
         latency_ms(50),
         latency_ms(95),
         count(is_error()).alias("errors"),
@@ -194,8 +199,8 @@ def truncations(calls: pl.LazyFrame, by: str | Sequence[str] = DEFAULT_BY) -> pl
         count().alias("calls"),
         count(cut).alias("truncated"),
         cut.mean().alias("truncated_share"),
-        pl.col("output_tokens").filter(cut).sum().alias("truncated_output_tokens"),
-        money(pl.col("cost_usd").filter(cut)).alias("truncated_cost_usd"),
+        known_sum(pl.col("output_tokens").filter(cut)).alias("truncated_output_tokens"),
+        known_sum(pl.col("cost_usd").filter(cut)).alias("truncated_cost_usd"),
     ]
     return aggregate(calls, by, aggregates, "truncated").collect()
 

@@ -191,8 +191,11 @@ def generate(n: int, days: int, start: datetime = START) -> tuple[pl.DataFrame, 
         latency_ms=pl.when(http_error).then(ttft).otherwise(ttft + generation),
     ).with_columns(cost_usd=pl.col("input_cost_usd") + pl.col("output_cost_usd"))
     started = pl.lit(start) + pl.duration(microseconds=pl.col("t_us"))
-    reason = pl.when(pl.col("truncated")).then(pl.col("provider").replace_strict(CUT, default="length"))
-    reason = reason.otherwise(pl.col("provider").replace_strict(STOP, default="stop"))
+    reason = (
+        pl.when(pl.col("truncated"))
+        .then(pl.col("provider").replace_strict(CUT, default="length"))
+        .otherwise(pl.col("provider").replace_strict(STOP, default="stop"))
+    )
     team = pl.lit(pl.Series(TEAMS)).gather(_pick(_uniform(22), [0.4, 0.3, 0.2, 0.1]))
     env = pl.when(_uniform(23) < 0.8).then(pl.lit("prod")).otherwise(pl.lit("staging"))
     app = pl.lit(pl.Series([a[0] for a in APPS] + [None], dtype=pl.String)).gather(pl.col("app_idx"))

@@ -29,7 +29,7 @@ from datetime import timedelta
 import polars as pl
 
 from analytics.dimensions import is_error, ok, truncated
-from analytics.metrics import aggregate, count, money, share
+from analytics.metrics import aggregate, count, known_sum, share
 
 RETRY_WITHIN = timedelta(minutes=10)
 
@@ -82,14 +82,14 @@ def waste(
     cost = pl.col("cost_usd")
     aggregates = [
         count().alias("calls"),
-        money(cost).alias("cost_usd"),
+        known_sum(cost).alias("cost_usd"),
         count(pl.col("duplicate")).alias("duplicate_calls"),
-        money(cost.filter(pl.col("duplicate"))).alias("duplicate_cost_usd"),
+        known_sum(cost.filter(pl.col("duplicate"))).alias("duplicate_cost_usd"),
         count(pl.col("retried_failure")).alias("retries"),
-        money(cost.filter(pl.col("retried_failure"))).alias("failed_attempt_cost_usd"),
+        known_sum(cost.filter(pl.col("retried_failure"))).alias("failed_attempt_cost_usd"),
         count(pl.col("truncated")).alias("truncated_calls"),
-        money(cost.filter(pl.col("truncated"))).alias("truncated_cost_usd"),
-        money(cost.filter(pl.col("wasted"))).alias("wasted_cost_usd"),
+        known_sum(cost.filter(pl.col("truncated"))).alias("truncated_cost_usd"),
+        known_sum(cost.filter(pl.col("wasted"))).alias("wasted_cost_usd"),
     ]
     frame = aggregate(waste_flags(calls, retry_within), by, aggregates, "wasted_cost_usd")
     return frame.with_columns(wasted_share=share("wasted_cost_usd", "cost_usd")).collect()

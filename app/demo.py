@@ -30,6 +30,8 @@ from pathlib import Path
 
 import anthropic
 import openai
+from anthropic.types import MessageParam, TextBlockParam
+from openai.types.chat import ChatCompletionMessageParam
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -37,8 +39,9 @@ from app.demo_provider import CHARS_PER_TOKEN, MODELS, WORDS, DemoProvider
 from collector.pricing.book import PriceBook
 from collector.proxy.certs import client_env
 from collector.proxy.server import serving_in_background
-from collector.routing.rules import RULES_FILE, Match, Rule, dump_rules
+from collector.routing.rules import Match, Rule, dump_rules
 from collector.settings.config import load_settings
+from collector.settings.paths import Paths
 
 DEFAULT_DATA_DIR = Path("~/.llmtap-demo")
 CONFIG_FILE = "demo.toml"
@@ -252,7 +255,7 @@ action = "downgrade"
 downgrade_to = {{"gpt-4o" = "gpt-4o-mini"}}
 
 [budgets."all-apps-daily"]
-limit_usd = {budget_limit(sum(spend.values()), TOTAL_SHARE)}
+limit_usd = {budget_limit(sum(spend.values(), Decimal(0)), TOTAL_SHARE)}
 period = "day"
 alerts = [0.5, 0.8]
 
@@ -268,15 +271,17 @@ class Clients:
     def __init__(self, proxy_url: str, ca_bundle: Path) -> None:
         env = client_env(proxy_url, ca_bundle)
         trust = ssl.create_default_context(cafile=env["SSL_CERT_FILE"])
+        proxy = env["HTTPS_PROXY"]
         # Each SDK has its own HTTP client class (anthropic's is built on httpx2).
-        route = {"proxy": env["HTTPS_PROXY"], "verify": trust, "timeout": 60}
         # Fake keys: the fake provider ignores them, and llmtap never stores them.
         self.openai = openai.OpenAI(
-            api_key="sk-demo-not-a-real-key", http_client=openai.DefaultHttpxClient(**route), max_retries=1
+            api_key="sk-demo-not-a-real-key",
+            http_client=openai.DefaultHttpxClient(proxy=proxy, verify=trust, timeout=60),
+            max_retries=1,
         )
         self.anthropic = anthropic.Anthropic(
             api_key="sk-ant-demo-not-a-real-key",
-            http_client=anthropic.DefaultHttpxClient(**route),
+            http_client=anthropic.DefaultHttpxClient(proxy=proxy, verify=trust, timeout=60),
             max_retries=1,
         )
 
@@ -287,16 +292,23 @@ class Clients:
 
 def _chat(clients: Clients, call: PlannedCall) -> None:
     kind = call.kind
-    messages = [{"role": "system", "content": call.system}, {"role": "user", "content": call.prompt}]
-    options = {"max_tokens": kind.max_tokens} if kind.max_tokens else {}
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": call.system},
+        {"role": "user", "content": call.prompt},
+    ]
+    max_tokens = kind.max_tokens or openai.omit
     create = clients.openai.chat.completions.create
     if kind.stream:
         for _ in create(
-            model=kind.model, messages=messages, stream=True, extra_headers=call.headers, **options
+            model=kind.model,
+            messages=messages,
+            stream=True,
+            extra_headers=call.headers,
+            max_tokens=max_tokens,
         ):
             pass
     else:
-        create(model=kind.model, messages=messages, extra_headers=call.headers, **options)
+        create(model=kind.model, messages=messages, extra_headers=call.headers, max_tokens=max_tokens)
 
 
 def _responses(clients: Clients, call: PlannedCall) -> None:
@@ -320,21 +332,28 @@ def _embeddings(clients: Clients, call: PlannedCall) -> None:
 
 def _messages(clients: Clients, call: PlannedCall) -> None:
     kind = call.kind
-    system: str | list[dict] = call.system
+    system: str | list[TextBlockParam] = call.system
     if kind.cache_system:
         system = [{"type": "text", "text": call.system, "cache_control": {"type": "ephemeral"}}]
-    request = {
-        "model": kind.model,
-        "system": system,
-        "messages": [{"role": "user", "content": call.prompt}],
-        "max_tokens": kind.max_tokens or 1024,
-        "extra_headers": call.headers,
-    }
+    messages: list[MessageParam] = [{"role": "user", "content": call.prompt}]
+    max_tokens = kind.max_tokens or 1024
     if kind.stream:
-        with clients.anthropic.messages.stream(**request) as stream:
+        with clients.anthropic.messages.stream(
+            model=kind.model,
+            system=system,
+            messages=messages,
+            max_tokens=max_tokens,
+            extra_headers=call.headers,
+        ) as stream:
             stream.until_done()
     else:
-        clients.anthropic.messages.create(**request)
+        clients.anthropic.messages.create(
+            model=kind.model,
+            system=system,
+            messages=messages,
+            max_tokens=max_tokens,
+            extra_headers=call.headers,
+        )
 
 
 SENDERS: dict[str, Callable[[Clients, PlannedCall], None]] = {
@@ -372,7 +391,7 @@ def prepare_data_dir(data_dir: Path | None, console: Console) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         return target
     target = data_dir.expanduser().resolve()
-    if (target / "llmtap.duckdb").exists():
+    if Paths(target).db.exists():
         raise ValueError(
             f"{target} already holds an llmtap store; the demo's calls are made up, "
             "so give it a new directory (or none, for ~/.llmtap-demo)"
@@ -390,7 +409,7 @@ def record(data_dir: Path | None, calls: int, concurrency: int, console: Console
     plan = plan_calls(calls)
     config = target / CONFIG_FILE
     config.write_text(budgets_toml(plan))
-    (target / RULES_FILE).write_text(dump_rules([SHADOW_RULE], "Written by `llmtap demo`."))
+    Paths(target).rules.write_text(dump_rules([SHADOW_RULE], "Written by `llmtap demo`."))
     started = datetime.now(UTC)
     with DemoProvider() as provider:
         settings = load_settings(

@@ -224,7 +224,7 @@ class DemoProvider:
             cached_tokens=min(cached, input_tokens),
             output_tokens=max(output, 1) if profile.output_median else 0,
             reasoning_tokens=round(output * profile.reasoning_share),
-            truncated=bool(max_tokens) and wanted > max_tokens,
+            truncated=bool(max_tokens and wanted > max_tokens),
             ttft_s=ttft + input_tokens / 20000,  # prefill
             tokens_per_s=speed,
         )

@@ -1,9 +1,6 @@
-"""``llmtap recommend``: the routing recommender's records as a table or JSON, and its
-rules drafted into the rules file for review.
-
-Drafted rules are merged into the file by rule id: a redraft replaces the rule of the
-same swap, and rules a person wrote or kept stay as they are. The file's header says
-it is a draft to review.
+"""``llmtap recommend``: the routing recommender's records as a table or JSON, and the
+header of the rules file its drafted rules are merged into
+(:func:`collector.routing.rules.write_rules`), which says it is a draft to review.
 """
 
 from __future__ import annotations
@@ -11,15 +8,12 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from collector.routing.rules import dump_rules, load_rules
-from collector.trust.private import write_private
+from rich.console import JustifyMethod
 
 if TYPE_CHECKING:
-    from analytics.routing import Recommendation
-    from collector.routing.rules import Rule
+    from analytics.recommender import Recommendation
 
 FORMATS = ("table", "json")
 DRAFT_HEADER = """\
@@ -33,7 +27,7 @@ def write(recs: list[Recommendation], fmt: str, heading: str, out: TextIO | None
     """Print the records as a rich table (the default) or one JSON document."""
     out = out or sys.stdout
     if fmt == "json":
-        from analytics.routing import recommendations_frame
+        from analytics.recommender import recommendations_frame
         from app.report import _records
 
         document = {"title": heading, "recommendations": _records(recommendations_frame(recs))}
@@ -81,7 +75,7 @@ def _table(recs: list[Recommendation]):
     return table
 
 
-_COLUMNS = (
+_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
     ("status", "left"),
     ("kind", "left"),
     ("app", "left"),
@@ -97,14 +91,6 @@ _COLUMNS = (
 )
 
 
-def write_rules(path: Path, drafted: list[Rule]) -> tuple[int, int]:
-    """Merge ``drafted`` into the rules file at ``path`` by id (a drafted rule replaces the
-    one with its id, others stay, in their order); returns (rules drafted, rules in file).
-    Raises RulesError when the existing file cannot be read as rules: it is not overwritten."""
-    existing = load_rules(path)
-    by_id = {rule.id: rule for rule in drafted}
-    merged = [by_id.pop(rule.id, rule) for rule in existing] + list(by_id.values())
-    header = DRAFT_HEADER.format(when=datetime.now(UTC).isoformat(timespec="seconds"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, dump_rules(merged, header), keep_mode=True)
-    return len(drafted), len(merged)
+def draft_header() -> str:
+    """The rules file's header after ``--write-rules``: a draft, to review, and when."""
+    return DRAFT_HEADER.format(when=datetime.now(UTC).isoformat(timespec="seconds"))

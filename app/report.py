@@ -49,8 +49,7 @@ class View:
     #: Which report options the function takes (report option name -> keyword argument).
     options: dict[str, str] = field(default_factory=dict)
     lists_unpriced: bool = False
-    #: Ends with a total over the window (the function run with no grouping). Such views
-    #: also sum token columns, whose sums are shown unknown (not 0) where no call reported them.
+    #: Ends with a total over the window (the function run with no grouping).
     totals: bool = False
 
 
@@ -84,14 +83,6 @@ VIEWS: dict[str, View] = {
 
 _HEADERS = {"run_rate_usd_per_hour": "run rate $/h"}
 _TIME_FORMATS = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d", "week": "%Y-%m-%d", "month": "%Y-%m"}
-#: The token sums a view may hold (analytics.metrics.TOKEN_COLUMNS).
-_TOKEN_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
 #: The label of the total row, in its first grouping column.
 TOTAL = "total"
 #: CSV's time format (ISO 8601, UTC).
@@ -134,33 +125,12 @@ def build(
     if view == "burn" and until is not None:
         kwargs["now"] = until
     function = getattr(analytics, spec.function)
+    table = function(calls, by=groups, **kwargs)
     if not spec.totals:
-        return Report(view, groups, function(calls, by=groups, **kwargs), None)
-    table = _known_sums(function, calls, groups, kwargs)
-    total = _known_sums(function, calls, [], kwargs) if groups else None
+        return Report(view, groups, table, None)
+    total = function(calls, by=[], **kwargs) if groups else None
     unpriced = analytics.unpriced(calls) if spec.lists_unpriced else None
     return Report(view, groups, table, unpriced, total)
-
-
-def _known_sums(function: Any, calls: pl.LazyFrame, by: list[str], kwargs: dict[str, Any]) -> pl.DataFrame:
-    """``function(calls, by)`` with each token sum null where no call of the group reported
-    that count: an embeddings call has no output tokens (NULL), and a sum of 0 would say it
-    produced none. The counts of known values come from the same function run on 0/1 flags,
-    so its filters and groups are exactly the table's."""
-    import polars as pl
-
-    table = function(calls, by=by, **kwargs)
-    tokens = [c for c in _TOKEN_COLUMNS if c in table.columns]
-    if not tokens or table.is_empty():
-        return table
-    flags = calls.with_columns(pl.col(c).is_not_null().cast(pl.Int64) for c in tokens)
-    known = function(flags, by=by, **kwargs).select(*by, *(pl.col(c).alias(f"{c} known") for c in tokens))
-    if by:
-        both = table.join(known, on=by, how="left", nulls_equal=True, maintain_order="left")
-    else:
-        both = table.hstack(known)
-    unknown_to_null = (pl.when(pl.col(f"{c} known") > 0).then(pl.col(c)).alias(c) for c in tokens)
-    return both.with_columns(unknown_to_null).select(table.columns)
 
 
 def title(report: Report, since: datetime | None, until: datetime | None) -> str:
@@ -176,7 +146,12 @@ def write(report: Report, fmt: str, heading: str, out: TextIO | None = None) -> 
     then go to stderr)."""
     out = out or sys.stdout
     if fmt == "json":
-        document = {"view": report.view, "by": report.by, "title": heading, "rows": _records(report.table)}
+        document: dict[str, Any] = {
+            "view": report.view,
+            "by": report.by,
+            "title": heading,
+            "rows": _records(report.table),
+        }
         if report.total is not None:
             document["total"] = _records(report.total)[0]
         if report.unpriced is not None:
@@ -294,8 +269,8 @@ def _cell(name: str, value: object) -> str:
 def money(value: Decimal | float) -> str:
     """Dollars to 4 decimals, or, below a cent, to two significant digits (up to the store's
     9 places): an embeddings call's $0.000012 must not read as $0.0000, a cost of nothing."""
-    size = abs(value)
-    if size >= Decimal("0.01") or size == 0 or not math.isfinite(size):
+    size = abs(float(value))
+    if size >= 0.01 or size == 0 or not math.isfinite(size):
         return f"{value:,.4f}"
     places = min(9, 1 - math.floor(math.log10(size)))
     return f"{value:,.{places}f}"

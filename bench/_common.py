@@ -314,7 +314,7 @@ def stored_rows(db: Path, expect: int, timeout: float = 15.0) -> int:
 def ca_bundle(data_dir: Path) -> Path:
     """llmtap's CA (created if needed) and its client bundle, as `llmtap proxy` makes them."""
     from collector.proxy.certs import ensure_ca
-    from collector.settings.config import Paths
+    from collector.settings.paths import Paths
 
     return ensure_ca(Paths(data_dir))
 

@@ -437,7 +437,7 @@ def render_profile(summaries: dict, markdown: bool) -> str:
         rows = [
             (f"{n / main:.1%}", k + (" (also in bare)" if "collector/proxy/addons/upstream.py" in k else ""))
             for k, n in s["inclusive"].most_common(21)
-            if "collector/proxy/failopen.py" not in k
+            if "collector/trust/failopen.py" not in k
         ]
         lines.append(table(("share of event loop", "llmtap function (inclusive)"), rows, markdown))
         lines.append("")

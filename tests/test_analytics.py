@@ -19,14 +19,15 @@ import pytest
 
 import analytics
 from analytics.anomalies import METRICS as ANOMALY_METRICS
-from analytics.store import SCHEMA
+from analytics.source import SCHEMA
 from analytics.synthetic import START, generate, write_store
 from app import report
 from app.cli import main
-from collector import schema as store_schema
+from collector.budgets.periods import period_window
 from collector.pricing.book import PriceBook
 from collector.providers import builtin_providers
 from collector.providers.base import Usage
+from collector.storage import schema as store_schema
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=UTC)  # a Monday
 MTOK = Decimal(1_000_000)
@@ -153,7 +154,8 @@ def test_every_analysis_handles_an_empty_store(tmp_path):
         analytics.anomalies,
     ):
         assert analysis(calls).is_empty(), analysis.__name__
-    assert analytics.spend(calls, by=[]).row(0) == (0, 0, 0, 0, 0, 0, None, 0)
+    # Nothing reported: the token sums are unknown (null), like the cost, not 0.
+    assert analytics.spend(calls, by=[]).row(0) == (0, None, None, None, None, None, None, 0)
     assert analytics.burn(calls, now=T0).select("calls", "spent_usd").row(0) == (0, None)
 
 
@@ -474,11 +476,11 @@ def test_burn_spend_run_rate_and_forecast(tmp_path):
     assert {a: v["spent_usd"] for a, v in per_app.items()} == {"a": Decimal(8), "b": Decimal(8)}
     assert sum(v["forecast_usd"] for v in per_app.values()) == pytest.approx(32)
 
-    assert analytics.period_bounds("month", datetime(2026, 2, 14, tzinfo=UTC)) == (
-        datetime(2026, 2, 1, tzinfo=UTC),
-        datetime(2026, 3, 1, tzinfo=UTC),
-    )
-    assert analytics.period_bounds("week", now)[0] == day  # T0 is a Monday
+    month = period_window("month", datetime(2026, 2, 14, tzinfo=UTC).timestamp())
+    assert month.bounds() == (datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC))
+    assert period_window("week", now.timestamp()).bounds()[0] == day  # T0 is a Monday
+    (week,) = analytics.burn(calls, period="week", now=now).iter_rows(named=True)
+    assert (week["period_start"], week["period_end"]) == (day, day + timedelta(weeks=1))
     with pytest.raises(ValueError, match="period must be one of"):
         analytics.burn(calls, period="fortnight")
 

@@ -19,22 +19,17 @@ from pathlib import Path
 import httpx
 import pytest
 from mitmproxy import http
+from mitmproxy.test import tflow
 
+from collector.budgets.limits import Budget, Tally, retry_after, stored_spend
+from collector.budgets.periods import period_window
 from collector.providers import ProviderRegistry
-from collector.proxy.addons.budget_guard import (
-    Budget,
-    Budgets,
-    Tally,
-    block_response,
-    period_window,
-    retry_after,
-    rewrite_model,
-    stored_spend,
-)
-from collector.proxy.addons.metadata import CallMetadata
-from collector.proxy.addons.recorder import CAPTURE_KEY, Capture
-from collector.proxy.failopen import failures
+from collector.proxy.addons.budget_guard import Budgets, block_response
+from collector.proxy.call import CAPTURE_KEY, REWRITE_KEY, Capture
+from collector.proxy.model_rewrite import rewrite_model
 from collector.settings.config import BudgetSpec, ConfigError, load_settings
+from collector.storage.schema import CallMetadata
+from collector.trust.failopen import failures
 from tests.conftest import running_proxy
 from tests.proxyproc import ProxyProcess, free_port
 from tests.upstream import FakeUpstream, Received, Reply
@@ -620,7 +615,7 @@ def test_unreadable_store_starts_budgets_from_zero(tmp_path, caplog):
 def capture_for(host: str, path: str, body: dict | None = None) -> Capture:
     endpoint = ProviderRegistry().match(host, path)
     assert endpoint is not None
-    capture = Capture(endpoint, "POST", host, path, time.time(), CallMetadata(), None, [], True)
+    capture = Capture(endpoint, "POST", host, path, time.time(), None, [], True)
     capture.parsed_request = endpoint.provider.read_request(endpoint.api, path, body)
     return capture
 
@@ -671,24 +666,29 @@ def test_other_families_429_formats():
     assert 0 < int(groq.headers["retry-after"]) <= 86400
 
 
-def request(host: str, path: str, body: dict, **headers: str) -> http.Request:
-    return http.Request.make("POST", f"https://{host}{path}", json.dumps(body), headers)
+def request(host: str, path: str, body: dict, **headers: str) -> http.HTTPFlow:
+    return tflow.tflow(req=http.Request.make("POST", f"https://{host}{path}", json.dumps(body), headers))
+
+
+def routed_from(flow: http.HTTPFlow) -> str | None:
+    rewrite = flow.metadata.get(REWRITE_KEY)
+    return rewrite.routed_from_model if rewrite is not None else None
 
 
 def test_rewrite_model_in_the_body_or_a_gemini_path():
     body = {"model": "gpt-4o", "messages": []}
-    req = request("api.openai.com", "/v1/chat/completions", body)
+    flow = request("api.openai.com", "/v1/chat/completions", body)
     capture = capture_for("api.openai.com", "/v1/chat/completions", body)
-    assert rewrite_model(req, capture, "gpt-4o-mini") is None
-    assert json.loads(req.content) == {"model": "gpt-4o-mini", "messages": []}
-    assert (capture.request.model, capture.routed_from_model) == ("gpt-4o-mini", "gpt-4o")
+    assert rewrite_model(flow, capture, "gpt-4o-mini") is None
+    assert json.loads(flow.request.content) == {"model": "gpt-4o-mini", "messages": []}
+    assert (capture.request.model, routed_from(flow)) == ("gpt-4o-mini", "gpt-4o")
 
     path = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
-    req = request("generativelanguage.googleapis.com", path, {"contents": []})
+    flow = request("generativelanguage.googleapis.com", path, {"contents": []})
     capture = capture_for("generativelanguage.googleapis.com", path, {"contents": []})
-    assert rewrite_model(req, capture, "gemini-2.0-flash") is None
-    assert req.path == "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
-    assert capture.routed_from_model == "gemini-2.5-pro"
+    assert rewrite_model(flow, capture, "gemini-2.0-flash") is None
+    assert flow.request.path == "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+    assert routed_from(flow) == "gemini-2.5-pro"
 
 
 def test_rewrite_model_skips_signed_and_model_less_requests():
@@ -698,10 +698,11 @@ def test_rewrite_model_skips_signed_and_model_less_requests():
     )
     capture = capture_for("bedrock-runtime.us-east-1.amazonaws.com", path)
     assert "signed" in rewrite_model(signed, capture, "cheap")
-    assert json.loads(signed.content) == {"messages": []} and capture.routed_from_model is None
+    assert json.loads(signed.request.content) == {"messages": []} and routed_from(signed) is None
     azure = "/openai/deployments/big/chat/completions"
-    req = request("x.openai.azure.com", azure, {"messages": []})
-    assert "neither in the JSON body" in rewrite_model(req, capture_for("x.openai.azure.com", azure), "small")
+    flow = request("x.openai.azure.com", azure, {"messages": []})
+    why_not = rewrite_model(flow, capture_for("x.openai.azure.com", azure), "small")
+    assert why_not is not None and "neither in the JSON body" in why_not
 
 
 def test_budget_errors_never_break_traffic(monkeypatch, tmp_path):

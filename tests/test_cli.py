@@ -10,7 +10,7 @@ import textwrap
 import duckdb
 
 from collector.proxy.certs import ensure_ca
-from collector.settings.config import Paths
+from collector.settings.paths import Paths
 from tests.upstream import Reply
 
 LLMTAP = [sys.executable, "-m", "app.cli"]

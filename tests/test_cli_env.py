@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from collector.proxy.certs import ensure_ca
-from collector.settings.config import Paths
+from collector.settings.paths import Paths
 from tests.proxyproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def test_env_on_a_data_dir_with_a_ca_says_nothing_and_changes_nothing(tmp_path):
     ],
 )
 def test_node_versions_whose_fetch_honours_https_proxy(version, honours):
-    from app.cli import node_honours_env_proxy
+    from app.cli.node import node_honours_env_proxy
 
     assert node_honours_env_proxy(version) is honours
 

@@ -51,7 +51,7 @@ def llmtap(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_loopback_addresses(host, loopback):
-    from app.cli import is_loopback
+    from app.cli.exposure import is_loopback
 
     assert is_loopback(host) is loopback
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-from collector.proxy.failopen import fail_open, failures
+from collector.trust.failopen import fail_open, failures
 
 
 class Addon:

@@ -36,9 +36,10 @@ from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
 from collector.proxy.addons.metadata import MetadataHeaders
 from collector.proxy.addons.recorder import Recorder
+from collector.settings.paths import QUARANTINE_DIR
 from collector.storage.database import Ingester, ensure_schema
 from collector.storage.export import export_calls
-from collector.storage.spool import QUARANTINE_DIR, Quarantine, Spool
+from collector.storage.spool import Quarantine, Spool
 from collector.trust import boundary
 from collector.trust.logs import MaskingFormatter
 from tests.conftest import running_proxy

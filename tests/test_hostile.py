@@ -23,8 +23,9 @@ import duckdb
 import httpx
 import pytest
 
+from collector.settings.paths import QUARANTINE_DIR
 from collector.storage.database import Ingester, ensure_schema, read_connection
-from collector.storage.spool import QUARANTINE_DIR, Quarantine, Spool
+from collector.storage.spool import Quarantine, Spool
 from tests.conftest import LLM_HOSTS, running_proxy
 from tests.proxyproc import ProxyProcess
 from tests.upstream import Reply
@@ -393,7 +394,8 @@ def test_a_request_with_thousands_of_secret_values_costs_little_and_keeps_no_bod
     from collector.pricing.book import PriceBook
     from collector.providers import ProviderRegistry
     from collector.proxy.addons.metadata import MetadataHeaders
-    from collector.proxy.addons.recorder import CAPTURE_KEY, Recorder
+    from collector.proxy.addons.recorder import Recorder
+    from collector.proxy.call import CAPTURE_KEY
     from collector.trust.privacy import MAX_SECRET_VALUES
 
     spool, db = Spool(tmp_path / "spool"), tmp_path / "llmtap.duckdb"

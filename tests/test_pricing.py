@@ -19,7 +19,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from collector.pricing.book import PriceBook, Rates, cost_columns, reprice
+from collector.pricing.book import PriceBook, cost_columns
+from collector.pricing.rates import Rates
+from collector.pricing.reprice import reprice
 from collector.providers import builtin_providers
 from collector.providers.base import Usage
 from collector.settings.config import ConfigError, load_settings
@@ -252,7 +254,10 @@ def test_overrides_from_toml_config(tmp_path):
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ('[prices."m"]\ninput = 1\n', 'prices."m" needs output'),
+        (
+            '[prices."m"]\ninput = 1\n',
+            'prices."m".output must be a non-negative number (USD per million tokens), got None',
+        ),
         ('[prices."m"]\ninput = -1\noutput = 1\n', 'prices."m".input must be a non-negative number'),
         ('[prices."m"]\ninput = "1"\noutput = 1\n', 'prices."m".input must be a non-negative number'),
         ('[prices."m"]\ninput = 1\noutput = 1\ncached = 1\n', 'prices."m": unknown keys cached'),
@@ -622,4 +627,4 @@ def test_reprice_reports_bad_config(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('[prices."m"]\ninput = 1\n')
     out = llmtap("reprice", "--data-dir", str(tmp_path), "--config", str(config))
-    assert out.returncode == 2 and 'prices."m" needs output' in out.stderr
+    assert out.returncode == 2 and 'prices."m".output must be a non-negative number' in out.stderr

@@ -567,6 +567,24 @@ def test_bedrock_invoke_bodies():
         assert (facts.usage.input_tokens, facts.usage.output_tokens, facts.finish_reasons[0]) == want
 
 
+@pytest.mark.parametrize(
+    ("name", "variable", "headers"),
+    [
+        ("anthropic", "ANTHROPIC_API_KEY", {"x-api-key": "k", "anthropic-version": "2023-06-01"}),
+        ("gemini", "GEMINI_API_KEY", {"x-goog-api-key": "k"}),
+        ("cohere", "CO_API_KEY", {"authorization": "Bearer k"}),
+        ("bedrock", None, None),
+        ("vertex", None, None),
+    ],
+)
+def test_api_keys(name: str, variable: str | None, headers: dict[str, str] | None):
+    """Keyed providers declare their SDK's key variable and header; signed (Bedrock) and
+    OAuth (Vertex) requests cannot be made from a key, so those declare none."""
+    (provider,) = (p for p in REGISTRY.providers if p.name == name)
+    key = provider.api_key
+    assert (key and key.variable, key and key.headers("k")) == (variable, headers)
+
+
 def test_cohere_paths_and_embed():
     assert REGISTRY.match("api.cohere.ai", "/v1/chat").api == "chat"
     assert REGISTRY.match("api.cohere.com", "/v2/embed").api == "embeddings"

@@ -336,6 +336,28 @@ def test_provider_settings():
 
 
 @pytest.mark.parametrize(
+    ("name", "variable", "headers"),
+    [
+        ("openai", "OPENAI_API_KEY", {"authorization": "Bearer k"}),
+        ("azure_openai", "AZURE_OPENAI_API_KEY", {"api-key": "k"}),
+        ("mistral", "MISTRAL_API_KEY", {"authorization": "Bearer k"}),
+        ("groq", "GROQ_API_KEY", {"authorization": "Bearer k"}),
+        ("deepseek", "DEEPSEEK_API_KEY", {"authorization": "Bearer k"}),
+        ("openrouter", "OPENROUTER_API_KEY", {"authorization": "Bearer k"}),
+        ("together", "TOGETHER_API_KEY", {"authorization": "Bearer k"}),
+        ("cerebras", "CEREBRAS_API_KEY", {"authorization": "Bearer k"}),
+        ("huggingface", "HF_TOKEN", {"authorization": "Bearer k"}),
+        ("zai", "ZAI_API_KEY", {"authorization": "Bearer k"}),
+    ],
+)
+def test_api_keys(name: str, variable: str, headers: dict[str, str]):
+    """Each vendor declares its SDK's key variable and how a request carries the key."""
+    (provider,) = (p for p in REGISTRY.providers if p.name == name)
+    assert provider.api_key is not None
+    assert (provider.api_key.variable, provider.api_key.headers("k")) == (variable, headers)
+
+
+@pytest.mark.parametrize(
     "value",
     [
         None,

@@ -15,16 +15,17 @@ import pytest
 
 import analytics
 from analytics import synthetic
-from analytics.routing.catalogue import model_info
-from analytics.routing.costs import TokenMix, Volume, cost_per_1k, cost_per_request
-from analytics.routing.draft import draft_rules, rule_id
-from analytics.routing.record import SCHEMA, Recommendation
-from analytics.routing.stats import samples_needed, wilson_interval
-from analytics.routing.swaps import Route, capability_gaps
+from analytics.recommender.catalogue import model_info
+from analytics.recommender.draft import draft_rules, rule_id
+from analytics.recommender.record import SCHEMA, Recommendation
+from analytics.recommender.route_costs import TokenMix, Volume, cost_per_1k, cost_per_request
+from analytics.recommender.stats import samples_needed, wilson_interval
+from analytics.recommender.swaps import Route, capability_gaps
 from app.cli import main
-from collector.pricing.book import PriceBook, Rates
+from collector.pricing.book import PriceBook
+from collector.pricing.rates import Rates
 from collector.routing.rules import Match, Rule, dump_rules, load_rules, parse_rules
-from collector.settings.config import ConfigError, RecommendSettings, parse_recommend
+from collector.settings.config import ConfigError, RecommendSettings, load_settings
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 BOOK = PriceBook()
@@ -339,9 +340,11 @@ def test_cli_rejects_a_bad_recommend_table(tmp_path, capsys):
     config.write_text("[recommend]\nmin_agreement = 95\n")
     assert main(["recommend", "--data-dir", str(tmp_path), "--config", str(config)]) == 2
     assert "recommend.min_agreement must be a number between 0 and 1" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="unknown keys"):
-        parse_recommend({"min_sample": 3})
-    assert parse_recommend({"candidates": ["a"], "exclude": ["b"]}) == RecommendSettings(
+    config.write_text("[recommend]\nmin_sample = 3\n")
+    with pytest.raises(ConfigError, match=r"recommend: unknown keys min_sample \(allowed: confidence,"):
+        load_settings(data_dir=str(tmp_path), config_file=str(config))
+    config.write_text('[recommend]\ncandidates = ["a"]\nexclude = ["b"]\n')
+    assert load_settings(data_dir=str(tmp_path), config_file=str(config)).recommend == RecommendSettings(
         candidates={"*": ("a",)}, exclude=("b",)
     )
 

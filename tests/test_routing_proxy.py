@@ -279,7 +279,7 @@ def test_rules_file_is_hot_reloaded_and_a_bad_one_keeps_traffic_flowing(tmp_path
         ask(proxy)
         rows = proxy.rows(wait_for=3)
     assert [r["request_model"] for r in rows] == ["gpt-4o", "cheap-model", "cheap-model"]
-    assert "mode: expected one of shadow, canary, enforce, got 'sideways'" in proxy.log.read_text()
+    assert "mode must be one of shadow, canary, enforce, got 'sideways'" in proxy.log.read_text()
 
 
 def test_bad_rules_file_at_start_leaves_calls_untouched(tmp_path, fake):

@@ -18,7 +18,8 @@ from mitmproxy.test import tflow
 
 from collector.calls.rows import OBSERVED_KEY, RowBuilder
 from collector.calls.spans import SpanRecorder
-from collector.pricing.book import PriceBook, Rates
+from collector.pricing.book import PriceBook
+from collector.pricing.rates import Rates
 from collector.providers import ProviderRegistry
 from collector.proxy.addons.metadata import MetadataHeaders
 from collector.proxy.addons.recorder import Recorder

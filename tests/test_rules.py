@@ -36,9 +36,9 @@ def call(**over):
 def test_parse_reads_every_field_and_round_trips():
     rules = parse_rules(FILE)
     assert rules[0] == Rule(
-        "small-prompts",
-        Match("gpt-4o", app="support", max_prompt_tokens=2000, without=("tools", "images")),
-        "gpt-4o-mini",
+        id="small-prompts",
+        match=Match(model="gpt-4o", app="support", max_prompt_tokens=2000, without=("tools", "images")),
+        to="gpt-4o-mini",
         mode="canary",
         fraction=0.2,
         sticky="user",
@@ -69,31 +69,34 @@ def test_first_match(overrides, rule_id):
     ("text", "message"),
     [
         ("rules: [oops", "not valid YAML"),
-        ("- just a list", "expected a mapping with a 'rules' list"),
-        ("version: 2\nrules: []", "unsupported version 2"),
-        ("rules: [{id: a, to: m}]", "rules[0] (a).match: expected a mapping with at least 'model'"),
+        ("- just a list", "rules file must be a mapping with a 'rules' list"),
+        ("version: 2\nrules: []", "version must be 1 (the only version this llmtap reads), got 2"),
+        ("rules: [{id: a, to: m}]", "rules[0] (a).match must be a mapping with at least 'model'"),
         (
             "rules: [{id: a, match: {model: x}, to: m, mode: fast}]",
-            "mode: expected one of shadow, canary, enforce",
+            "rules[0] (a).mode must be one of shadow, canary, enforce, got 'fast'",
         ),
         (
             "rules: [{id: a, match: {model: x}, to: m, fraction: 1.5}]",
-            "fraction: expected a number from 0 to 1",
+            "rules[0] (a).fraction must be a number from 0 to 1, got 1.5",
         ),
         (
             "rules: [{id: a, match: {model: x, without: [wings]}}]",
-            "without: expected a list drawn from tools",
+            "match.without[0] must be one of tools, structured_output, images, audio, got 'wings'",
         ),
         (
             "rules: [{id: a, match: {model: x, max_prompt_tokens: 0}, to: m}]",
-            "max_prompt_tokens: expected a positive",
+            "match.max_prompt_tokens must be a positive whole number, got 0",
         ),
-        ("rules: [{id: a, match: {model: x}, to: m, colour: red}]", "unknown key(s) colour"),
+        (
+            "rules: [{id: a, match: {model: x}, to: m, colour: red}]",
+            "rules[0] (a): unknown keys colour (allowed: id, match, to,",
+        ),
         (
             "rules: [{id: a, match: {model: x}, to: m}, {id: a, match: {model: y}, to: m}]",
-            "'a' is used twice",
+            "rules: rule id 'a' is used twice",
         ),
-        ("rules: [{match: {model: x}, to: m}]", "rules[0].id: expected a non-empty string"),
+        ("rules: [{match: {model: x}, to: m}]", "rules[0].id must be a non-empty string, got None"),
     ],
 )
 def test_errors_name_the_rule_and_field(text, message):

@@ -13,8 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 import analytics
 from analytics.synthetic import generate, with_routing, write_store
-from app.ui import routing
-from collector.routing.rules import Match, Rule, dump_rules, load_rules
+from collector.routing.rules import Match, Rule, dump_rules, load_rules, merge_rules
 
 DASHBOARD = str(Path(__file__).resolve().parent.parent / "app" / "ui" / "dashboard.py")
 KEPT = Rule(id="kept-rule", match=Match(model="gpt-4o", app="eval"), to="gpt-4o-mini", mode="shadow")
@@ -80,7 +79,7 @@ def test_merge_replaces_rules_in_place_and_appends_new_ones():
         Rule(id="b", match=Match(model="m"), to="n", mode="canary"),
         Rule(id="c", match=Match(model="x"), to="y"),
     ]
-    assert routing.merge_rules(old, new) == [KEPT, new[0], new[1]]
+    assert merge_rules(old, new) == [KEPT, new[0], new[1]]
 
 
 def test_draft_only_shows_the_rules(data_dir, monkeypatch):

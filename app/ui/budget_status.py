@@ -18,8 +18,10 @@ import polars as pl
 
 import analytics
 from analytics.dimensions import NONE
-from collector.proxy.addons.budget_guard import Scope
-from collector.settings.config import BudgetSpec, Paths
+from collector.budgets.limits import Scope
+from collector.budgets.periods import period_window
+from collector.settings.config import BudgetSpec
+from collector.settings.paths import Paths
 
 #: The columns a budget's scope and spend need.
 BUDGET_COLUMNS = ("started_at", "app", "user_id", "properties", "cost_usd")
@@ -28,19 +30,21 @@ BLOCKED = r"blocked by budget ([^:]+):"
 #: Run rate over the last hour: reacts to a change faster than the period's average.
 RATE_LOOKBACK = timedelta(hours=1)
 
-STATUS_COLUMNS = {
-    "budget": pl.String,
-    "scope": pl.String,
-    "period": pl.String,
-    "action": pl.String,
-    "limit_usd": pl.Float64,
-    "spent_usd": pl.Float64,
-    "used_share": pl.Float64,
-    "run_rate_usd_per_hour": pl.Float64,
-    "forecast_usd": pl.Float64,
-    "forecast_share": pl.Float64,
-    "period_end": pl.Datetime("us", "UTC"),
-}
+STATUS_COLUMNS = pl.Schema(
+    {
+        "budget": pl.String(),
+        "scope": pl.String(),
+        "period": pl.String(),
+        "action": pl.String(),
+        "limit_usd": pl.Float64(),
+        "spent_usd": pl.Float64(),
+        "used_share": pl.Float64(),
+        "run_rate_usd_per_hour": pl.Float64(),
+        "forecast_usd": pl.Float64(),
+        "forecast_share": pl.Float64(),
+        "period_end": pl.Datetime("us", "UTC"),
+    }
+)
 
 
 def scope_filter(spec: BudgetSpec) -> pl.Expr:
@@ -64,7 +68,7 @@ def budget_status(db: Path, budgets: tuple[BudgetSpec, ...], now: datetime | Non
         return pl.DataFrame(schema=STATUS_COLUMNS)
     now = now or datetime.now(UTC)
     since = min(
-        min(analytics.period_bounds(spec.period, now)[0] for spec in budgets),
+        min(period_window(spec.period, now.timestamp()).bounds()[0] for spec in budgets),
         now - RATE_LOOKBACK,
     )
     frame = analytics.load(db, since=since).select(BUDGET_COLUMNS).collect().lazy()

@@ -4,7 +4,7 @@ The pages, their AppTest tests and ``bench/dashboard.py`` all call these, so the
 a page renders are the figures the benchmark times and the tests check. Each page reads
 the store ONCE: it collects the few columns it needs (:func:`snapshot`) and runs the
 :mod:`analytics` functions over that in-memory frame, so DuckDB holds the file for one
-short scan per page while a proxy may be writing (see :mod:`analytics.store`).
+short scan per page while a proxy may be writing (see :mod:`analytics.source`).
 
 A :class:`View` is what the sidebar chose (time window, filters) plus the store's state;
 the pages cache on it (``st.cache_data``), so a new call in the store makes a new key
@@ -23,7 +23,8 @@ import polars as pl
 
 import analytics
 from analytics.dimensions import NONE
-from analytics.metrics import is_shadow, latency_ms, money
+from analytics.metrics import is_shadow, known_sum, latency_ms
+from collector.budgets.periods import period_window
 from collector.settings.config import BudgetSpec
 from collector.storage.database import read_connection
 
@@ -206,7 +207,7 @@ def overview(view: View, budgets: tuple[BudgetSpec, ...] = (), now: datetime | N
 
     One scan reads the window and the current periods together."""
     now = now or datetime.now(UTC)
-    period_starts = [analytics.period_bounds(period, now)[0] for period in PERIODS]
+    period_starts = [period_window(period, now.timestamp()).bounds()[0] for period in PERIODS]
     since = None if view.since is None else min(view.since, *period_starts)
     frame = snapshot(view.calls(since), OVERVIEW_COLUMNS).filter(~is_shadow())
     window = frame if view.since is None else frame.filter(pl.col("started_at") >= view.since)
@@ -236,7 +237,7 @@ def overview(view: View, budgets: tuple[BudgetSpec, ...] = (), now: datetime | N
         latency_p95_ms=totals["latency_p95_ms"],
         periods=tuple(periods),
         bucket=bucket,
-        spend_over_time=over_time(window, every, [money("cost_usd").cast(pl.Float64).alias("cost_usd")]),
+        spend_over_time=over_time(window, every, [known_sum("cost_usd").cast(pl.Float64).alias("cost_usd")]),
     )
 
 

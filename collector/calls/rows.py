@@ -17,18 +17,21 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from collector.calls.spans import SpanRecorder
-from collector.pricing.book import PriceBook, Rates, cost_columns
+from collector.pricing.book import PriceBook, cost_columns
+from collector.pricing.rates import Rates
 from collector.providers import Endpoint, Provider, RequestFacts, ResponseFacts, Usage, builtin_providers
-from collector.proxy.failopen import failures
 from collector.storage import schema
+from collector.storage.schema import CallMetadata, Comparison, ModelRewrite, RoutingMarks, part_columns
 from collector.trust.boundary import BODY_LIMIT, column_values, json_value
+from collector.trust.failopen import failures
+from collector.wire.bodies import json_or_none
 
 log = logging.getLogger("llmtap.rows")
 
@@ -56,10 +59,6 @@ class Observed:
     status_code: int | None
     #: The answer came as an event stream.
     streamed: bool
-    app: str | None
-    user_id: str | None
-    session_id: str | None
-    properties: dict[str, str] | None
     traceparent: str | None
     #: What went wrong in transport (the connection), if anything.
     error: str | None
@@ -70,20 +69,24 @@ class Observed:
     #: Facts read in flight, or None: the row's builder then reads them from the text.
     request: RequestFacts | None = None
     response: ResponseFacts | None = None
-    routed_from_model: str | None = None
-    routing_rule: str | None = None
-    routing_arm: str | None = None
-    shadow_of: str | None = None
-    retry_of: str | None = None
-    comparison: str | None = None
-    agreement: bool | None = None
+    #: The other stages' parts of the call state (:mod:`collector.proxy.call`), as they were
+    #: when the call ended; their fields are columns (:mod:`collector.storage.schema`).
+    metadata: CallMetadata = field(default_factory=CallMetadata)
+    rewrite: ModelRewrite = field(default_factory=ModelRewrite)
+    routing: RoutingMarks = field(default_factory=RoutingMarks)
+    comparison: Comparison = field(default_factory=Comparison)
 
     def clean(self, secrets: Sequence[str] = ()) -> None:
-        """Pass every field from outside through the boundary (:mod:`collector.trust.boundary`), in
-        place: the metadata, the path, errors and the facts read from streams. The bodies were
-        cleaned as they were kept (:func:`collector.trust.privacy.stored_body`)."""
+        """Pass every field from outside through the boundary (:mod:`collector.trust.boundary`):
+        the path, errors, the facts read from streams and every part's fields (the metadata, a
+        rule's id...); each part is replaced by a cleaned copy, as the flow still holds it. The
+        bodies were cleaned as they were kept (:func:`collector.trust.privacy.stored_body`)."""
         for name in _OUTSIDE_FIELDS:
             setattr(self, name, json_value(getattr(self, name), secrets))
+        for name in _PARTS:
+            part = getattr(self, name)
+            values = {f.name: json_value(getattr(part, f.name), secrets) for f in fields(part)}
+            setattr(self, name, type(part)(**values))
 
     def spool_line(self) -> bytes:
         """The spool line that carries this call to the loader, which builds its row."""
@@ -92,7 +95,12 @@ class Observed:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Observed:
         request, response = data.pop("request"), data.pop("response")
-        observed = cls(**data)
+        parts = {name: data.pop(name, None) for name in _PARTS}
+        for name, part in _PARTS.items():
+            # An older llmtap's line has the parts' fields at the top level.
+            flat = {f.name: data.pop(f.name) for f in fields(part) if f.name in data}
+            parts[name] = part(**(parts[name] or flat))
+        observed = cls(**data, **parts)
         if request is not None:
             observed.request = RequestFacts(**request)
         if response is not None:
@@ -101,23 +109,16 @@ class Observed:
         return observed
 
 
-#: The fields whose values come from outside (the client, the upstream, the config's names);
-#: the others are llmtap's own (ids, times, flags, the capture mode, the provider matched).
-_OUTSIDE_FIELDS = (
-    "method",
-    "host",
-    "path",
-    "app",
-    "user_id",
-    "session_id",
-    "properties",
-    "traceparent",
-    "error",
-    "request",
-    "response",
-    "routed_from_model",
-    "routing_rule",
-)
+#: The fields whose values come from outside (the client, the upstream); the others are
+#: llmtap's own (ids, times, flags, the capture mode, the provider matched).
+_OUTSIDE_FIELDS = ("method", "host", "path", "traceparent", "error", "request", "response")
+#: The other stages' parts, by field name.
+_PARTS: dict[str, type] = {
+    "metadata": CallMetadata,
+    "rewrite": ModelRewrite,
+    "routing": RoutingMarks,
+    "comparison": Comparison,
+}
 
 
 def _plain(value: Any) -> Any:
@@ -245,16 +246,6 @@ def _bodies(seen: Observed) -> dict[str, Any] | None:
     }
 
 
-def json_or_none(raw: bytes | str | None) -> Any:
-    """A body decoded as JSON, or None when it is not JSON (bad input is never an error)."""
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
@@ -334,19 +325,9 @@ def _observed_columns(seen: Observed) -> dict[str, Any]:
         "path": seen.path,
         "status_code": seen.status_code,
         "stream": seen.streamed,
-        "routed_from_model": seen.routed_from_model,
         "latency_ms": (seen.ended - seen.started) * 1000.0,
         "ttft_ms": (seen.first_byte - seen.started) * 1000.0 if seen.first_byte else None,
-        "app": seen.app,
-        "user_id": seen.user_id,
-        "session_id": seen.session_id,
-        "properties": seen.properties or None,
         "error": seen.error,
         "usage_source": "none",
-        "routing_rule": seen.routing_rule,
-        "routing_arm": seen.routing_arm,
-        "shadow_of": seen.shadow_of,
-        "retry_of": seen.retry_of,
-        "comparison": seen.comparison,
-        "agreement": seen.agreement,
+        **{column: value for name in _PARTS for column, value in part_columns(getattr(seen, name)).items()},
     }

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from collector.providers.base import (
+    ApiKey,
     Output,
     RequestFacts,
     ResponseFacts,
@@ -66,6 +67,9 @@ class AnthropicMessages:
     name = "anthropic"
     hosts = ("api.anthropic.com",)
     prices_id = "anthropic"
+    api_key = ApiKey(
+        "ANTHROPIC_API_KEY", header="x-api-key", scheme="", required=(("anthropic-version", "2023-06-01"),)
+    )
     stream_usage_option = False
 
     def api_for(self, path: str) -> str | None:

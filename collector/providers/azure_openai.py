@@ -8,12 +8,14 @@ in the body like OpenAI's own.
 
 import re
 
+from collector.providers.base import ApiKey
 from collector.providers.openai import OpenAIFamily
 
 PROVIDER = OpenAIFamily(
     name="azure_openai",
     hosts=("*.openai.azure.com", "*.cognitiveservices.azure.com"),
     prices_id="azure",
+    api_key=ApiKey("AZURE_OPENAI_API_KEY", header="api-key", scheme=""),
     stream_usage_option=True,
     path_model=re.compile(r"/deployments/([^/]+)/"),
 )

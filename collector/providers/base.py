@@ -1,10 +1,10 @@
 """The one small interface every provider (API family) module implements.
 
 A provider module owns everything specific to one API family: which hosts and paths
-it serves, what a request asks for, and how usage is reported in a response body or
-in stream events. It returns usage already normalised to llmtap's token convention
-(input includes cache reads and writes, output includes reasoning), so nothing
-downstream needs to know provider semantics.
+it serves, how a request carries an API key, what a request asks for, and how usage is
+reported in a response body or in stream events. It returns usage already normalised to
+llmtap's token convention (input includes cache reads and writes, output includes
+reasoning), so nothing downstream needs to know provider semantics.
 """
 
 from __future__ import annotations
@@ -83,6 +83,25 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """Where a provider's API key comes from, and how a request carries it: what llmtap
+    needs to send a request that has no key of its own (``llmtap evaluate`` resends stored
+    calls, and secrets are never stored)."""
+
+    #: The environment variable holding the key: the one the provider's official SDK reads.
+    variable: str
+    header: str = "authorization"
+    #: What precedes the key in ``header`` ("Bearer " for an authorization header).
+    scheme: str = "Bearer "
+    #: Headers the provider requires besides the key (a stored request keeps no header).
+    required: tuple[tuple[str, str], ...] = ()
+
+    def headers(self, key: str) -> dict[str, str]:
+        """The headers that authenticate a request with ``key``."""
+        return {self.header: self.scheme + key, **dict(self.required)}
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A matched call: which provider and which of its APIs."""
 
@@ -99,6 +118,9 @@ class Provider(Protocol):
     hosts: tuple[str, ...]
     #: genai-prices provider id used to price this provider's calls; None: find by model.
     prices_id: str | None
+    #: How a request authenticates with a plain API key; None when requests are signed
+    #: (Bedrock's SigV4) or carry OAuth tokens (Vertex), which llmtap cannot make from a key.
+    api_key: ApiKey | None
     #: Accepts OpenAI's ``stream_options.include_usage`` on chat/completions streams, so
     #: llmtap may add it when the client did not (and hide the extra chunk from the client).
     stream_usage_option: bool

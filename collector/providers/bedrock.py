@@ -148,6 +148,8 @@ class Bedrock:
         "bedrock-runtime.*.amazonaws.com.cn",
     )
     prices_id = "aws"
+    #: Requests are signed with AWS SigV4 over their content: no key alone can authenticate one.
+    api_key = None
     stream_usage_option = False
 
     def api_for(self, path: str) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.providers.base import RequestFacts, ResponseFacts, Usage, as_int, dig, text_length
+from collector.providers.base import ApiKey, RequestFacts, ResponseFacts, Usage, as_int, dig, text_length
 
 _PATH_APIS = {"chat": "chat", "embed": "embeddings", "rerank": "rerank"}
 
@@ -66,6 +66,7 @@ class Cohere:
     name = "cohere"
     hosts = ("api.cohere.com", "api.cohere.ai")
     prices_id = "cohere"
+    api_key = ApiKey("CO_API_KEY")
     stream_usage_option = False
 
     def api_for(self, path: str) -> str | None:

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 from collector.providers import openai
 from collector.providers.base import (
+    ApiKey,
     Output,
     RequestFacts,
     ResponseFacts,
@@ -195,6 +196,7 @@ class Gemini:
     name = "gemini"
     hosts = ("generativelanguage.googleapis.com",)
     prices_id = "google"
+    api_key = ApiKey("GEMINI_API_KEY", header="x-goog-api-key", scheme="")
     stream_usage_option = False
 
     def api_for(self, path: str) -> str | None:

@@ -3,11 +3,13 @@
 cache reads as a top-level ``usage.cached_tokens``. Prices depend on the backend, so
 calls are priced by model."""
 
+from collector.providers.base import ApiKey
 from collector.providers.openai import OpenAIFamily
 
 PROVIDER = OpenAIFamily(
     name="huggingface",
     hosts=("router.huggingface.co",),
     prices_id=None,
+    api_key=ApiKey("HF_TOKEN"),
     cache_read_keys=("cached_tokens",),
 )

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from collector.providers.base import (
     FEATURES,
+    ApiKey,
     Output,
     RequestFacts,
     ResponseFacts,
@@ -98,6 +99,7 @@ class OpenAIFamily:
     name: str
     hosts: tuple[str, ...]
     prices_id: str | None
+    api_key: ApiKey | None
     stream_usage_option: bool = False
     #: Where a body or chunk carries usage, tried in order (Groq's legacy streams: x_groq.usage).
     usage_paths: tuple[tuple[str, ...], ...] = (("usage",),)
@@ -218,7 +220,7 @@ def _object_output(obj: dict[str, Any]) -> Output:
     out = Output()
     choice = dig(obj, "choices", 0)
     if isinstance(choice, dict):
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        message = found if isinstance(found := choice.get("message"), dict) else {}
         out.text = _content_text(message.get("content")) or _content_text(choice.get("text"))
         calls = [dig(call, "function") for call in _as_list(message.get("tool_calls"))]
         calls.append(message.get("function_call"))  # the legacy single function call
@@ -245,7 +247,7 @@ def _chunks_output(chunks: list[Any]) -> Output:
         choice = dig(chunk, "choices", 0)
         if not isinstance(choice, dict):
             continue
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta = found if isinstance(found := choice.get("delta"), dict) else {}
         text.append(_content_text(delta.get("content")) or _content_text(choice.get("text")))
         for call in _as_list(delta.get("tool_calls")):
             parts = calls.setdefault(as_int(dig(call, "index")) or 0, ["", ""])
@@ -363,4 +365,6 @@ def _part_chars(part: Any) -> int:
     return text_length(part.get("text")) + text_length(part.get("refusal"))
 
 
-PROVIDER = OpenAIFamily("openai", ("api.openai.com",), "openai", stream_usage_option=True)
+PROVIDER = OpenAIFamily(
+    "openai", ("api.openai.com",), "openai", ApiKey("OPENAI_API_KEY"), stream_usage_option=True
+)

@@ -51,6 +51,8 @@ class Vertex:
     name = "vertex"
     hosts = ("aiplatform.googleapis.com", "*-aiplatform.googleapis.com")
     prices_id = "google"
+    #: Requests carry short-lived Google Cloud OAuth tokens, not an API key.
+    api_key = None
     stream_usage_option = False
 
     def api_for(self, path: str) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import certifi
 from mitmproxy.certs import CertStore
 
-from collector.settings.config import Paths
+from collector.settings.paths import Paths
 from collector.trust.private import private_dir, write_private
 
 SYSTEM_BUNDLES = (

@@ -25,14 +25,15 @@ from collector.calls.spans import SpanRecorder
 from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
 from collector.proxy.addons.budget_guard import Budgets
+from collector.proxy.addons.comparison import CopyComparison
 from collector.proxy.addons.metadata import MetadataHeaders
+from collector.proxy.addons.quickack import QuickAck
 from collector.proxy.addons.recorder import Recorder
 from collector.proxy.addons.router import Router
 from collector.proxy.addons.stream_usage import StreamUsage
-from collector.proxy.addons.upstream import QuickAck, UpstreamRewrite
+from collector.proxy.addons.upstream import UpstreamRewrite
 from collector.proxy.certs import ensure_ca
 from collector.proxy.pipeline import Pipeline
-from collector.routing.rules import RULES_FILE
 from collector.settings.config import Settings
 from collector.storage.database import ensure_schema
 from collector.storage.loader import IngestWorker
@@ -88,20 +89,39 @@ class LlmtapProxy:
             rows_in_flight=bool(settings.budgets),  # budgets count each call's cost as it ends
         )
         self.budgets = Budgets(settings.budgets, paths.budget_alerts) if settings.budgets else None
-        self.stream_usage = StreamUsage(settings.stream_usage)
-        routing = settings.routing
-        self.router = Router(
-            routing.rules or paths.data_dir / RULES_FILE,
-            self.recorder,
-            settings.upstreams,
-            routing.judge_model,
-            routing.noise_floor_fraction,
-            self.stream_usage,
-        )
+        self.router = Router(paths.rules, settings.routing.noise_floor_fraction)
         self.master: DumpMaster | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listening: Listening | None = None
         self.ready = threading.Event()
+        #: After :meth:`close`: whether every spooled call reached the store.
+        self.stored_all: bool | None = None
+
+    def _stages(self) -> list[object]:
+        """The pipeline's stages, in the order each mitmproxy event reaches them. Each stage
+        is one concern (:mod:`collector.proxy.addons`); they share the call's state through
+        ``flow.metadata`` (:mod:`collector.proxy.call`), and the order is why that works."""
+        s = self.settings
+        return [
+            # First: the client's request body must not wait on llmtap's work.
+            QuickAck(),
+            # Before the recorder: the caller's metadata is part of every call's row.
+            MetadataHeaders(s.default_app),
+            # Before the recorder: a copy's verdict is part of the copy's own row, which the
+            # recorder writes at ``response``.
+            CopyComparison(s.routing.judge_model),
+            # Makes the call's capture, which every stage below reads.
+            self.recorder,
+            # Before the router: a call a budget blocked or downgraded is not routed; before the
+            # upstream stages, so a blocked call never leaves.
+            *([self.budgets] if self.budgets is not None else []),
+            # After the recorder (its capture and, at ``response``, the cost its spend caps count).
+            self.router,
+            # After any model rewrite: it edits the request as it will go upstream.
+            StreamUsage(s.stream_usage),
+            # Last on the request: where the request, as the stages left it, is sent.
+            UpstreamRewrite(s.upstreams),
+        ]
 
     def _configure(self, opts: options.Options) -> None:
         s = self.settings
@@ -134,20 +154,8 @@ class LlmtapProxy:
             if on_ready is not None:
                 on_ready(self.listening)
 
-        # Order matters: budgets need the recorder's capture, and must act before the request
-        # is prepared for upstream (a blocked call never leaves).
-        master.addons.add(
-            Pipeline(
-                QuickAck(),  # first: the client's request body must not wait on llmtap's work
-                MetadataHeaders(self.settings.default_app),
-                self.recorder,
-                *([self.budgets] if self.budgets is not None else []),
-                self.router,  # after budgets: a call a budget blocked or downgraded is not routed
-                self.stream_usage,
-                UpstreamRewrite(self.settings.upstreams),
-                _Ready(master, ready),
-            )
-        )
+        # One addon for mitmproxy (see collector.proxy.pipeline); the start-up report rides in it.
+        master.addons.add(Pipeline(*self._stages(), _Ready(master, ready)))
         self.loop.set_exception_handler(_ignore_cancelled)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -177,7 +185,7 @@ class LlmtapProxy:
     def close(self, timeout: float = 15.0) -> bool:
         """Flush spans and load every spooled call into the store. False if some are left."""
         self.spans.shutdown()
-        saved = self.ingester.stop(timeout)
+        saved = self.stored_all = self.ingester.stop(timeout)
         if not saved:
             log.error(
                 "some calls could not be written to %s yet; they stay in %s and are loaded at the next start",
@@ -194,9 +202,9 @@ class ProxyStartError(RuntimeError):
 @contextmanager
 def serving_in_background(settings: Settings) -> Iterator[LlmtapProxy]:
     """A proxy serving on a background thread of this process, for commands that drive
-    traffic themselves (``llmtap run``, ``llmtap demo``). Raises ProxyStartError if it does
-    not start. On exit it stops and stores every call; calls it could not store stay in the
-    spool and :meth:`LlmtapProxy.close` logs why."""
+    traffic themselves (``llmtap run``, ``llmtap demo``, ``llmtap evaluate``). Raises
+    ProxyStartError if it does not start. On exit it stops and stores every call; calls it
+    could not store stay in the spool and :meth:`LlmtapProxy.close` logs why."""
     proxy = LlmtapProxy(settings)
     failure: list[BaseException] = []
 

@@ -24,37 +24,41 @@ The first rule that matches a call is the one that acts on it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import Field, Strict, ValidationError, field_validator
 
 from collector.providers.base import FEATURES
+from collector.settings.validation import Table, Text, explain
+from collector.trust.private import write_private
 
-MODES = ("shadow", "canary", "enforce")
+Mode = Literal["shadow", "canary", "enforce"]
+MODES: tuple[str, ...] = get_args(Mode)
+Sticky = Literal["session", "user", "app"]
+#: A request feature a rule can refuse to route (``match.without``).
+Feature = Literal[FEATURES]  # type: ignore[valid-type]
 #: ``routing_arm`` values of the calls llmtap itself makes to evaluate a model (shadow copies,
 #: copies to the incumbent for the noise floor, judge calls): shadow spend, not the app's.
 EVALUATION_ARMS = ("shadow", "noise_floor", "judge")
-STICKY = ("session", "user", "app")
-RULES_FILE = "rules.yaml"
 
 
 class RulesError(ValueError):
     """A rules file that cannot be used; the message says which rule and what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(Table):
     """Which calls a rule covers. Unset fields match anything."""
 
-    model: str
-    app: str | None = None
-    provider: str | None = None
-    max_prompt_tokens: int | None = None
-    without: tuple[str, ...] = ()
+    model: Text
+    app: Text | None = None
+    provider: Text | None = None
+    max_prompt_tokens: Annotated[int, Strict(), Field(ge=1, description="a positive whole number")] | None = (
+        None
+    )
+    without: tuple[Feature, ...] = ()
 
     def covers(
         self,
@@ -74,16 +78,39 @@ class Match:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
-    id: str
-    match: Match
-    to: str
-    mode: str = "shadow"
-    fraction: float = 0.1
-    sticky: str = "session"
-    shadow_spend_cap_usd: float | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
+class Rule(Table):
+    id: Text
+    match: Match = Field(description="a mapping with at least 'model'")
+    to: Text
+    mode: Mode = "shadow"
+    fraction: Annotated[float, Strict(), Field(ge=0, le=1, description="a number from 0 to 1")] = 0.1
+    sticky: Sticky = "session"
+    shadow_spend_cap_usd: (
+        Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False, description="a non-negative number")]
+        | None
+    ) = None
+    evidence: dict[str, Any] = Field(default_factory=dict, description="a mapping")
+
+
+class RulesDocument(Table):
+    """The file as written."""
+
+    version: Literal[1] = Field(default=1, description="1 (the only version this llmtap reads)")
+    rules: list[Rule] = Field(default_factory=list, description="a list of rules")
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_ids(cls, rules: list[Rule]) -> list[Rule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} is used twice")
+            seen.add(rule.id)
+        return rules
+
+
+#: What :func:`explain` validates a rules file as.
+_DOCUMENT = Annotated[RulesDocument, Field(description="a mapping with a 'rules' list")]
 
 
 def load_rules(path: Path) -> list[Rule]:
@@ -100,22 +127,16 @@ def load_rules(path: Path) -> list[Rule]:
 
 def parse_rules(text: str, source: str = "rules") -> list[Rule]:
     try:
-        doc = yaml.safe_load(text)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RulesError(f"{source}: not valid YAML: {exc}") from exc
-    if doc is None:
+    if document is None:
         return []
-    if not isinstance(doc, dict) or not isinstance(doc.get("rules", []), list):
-        raise RulesError(f"{source}: expected a mapping with a 'rules' list")
-    if doc.get("version", 1) != 1:
-        raise RulesError(f"{source}: unsupported version {doc.get('version')!r} (this llmtap reads 1)")
-    rules = [_rule(f"{source}: rules[{i}]", entry) for i, entry in enumerate(doc.get("rules") or [])]
-    seen: set[str] = set()
-    for rule in rules:
-        if rule.id in seen:
-            raise RulesError(f"{source}: rule id {rule.id!r} is used twice")
-        seen.add(rule.id)
-    return rules
+    try:
+        return RulesDocument.model_validate(document).rules
+    except ValidationError as exc:
+        message = explain(exc, source=source, root=_DOCUMENT, document=document, noun="rules file")
+        raise RulesError(message) from None
 
 
 def dump_rules(rules: Sequence[Rule], comment: str = "") -> str:
@@ -127,102 +148,41 @@ def dump_rules(rules: Sequence[Rule], comment: str = "") -> str:
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
 
 
+def merge_rules(existing: Sequence[Rule], drafted: Sequence[Rule]) -> list[Rule]:
+    """``existing`` with each drafted rule replacing the one of the same id in place, and
+    drafted rules with new ids appended: a redraft replaces the rule of the same swap, and
+    rules a person wrote or kept stay as they are, in their order."""
+    by_id = {rule.id: rule for rule in drafted}
+    merged = [by_id.pop(rule.id, rule) for rule in existing]
+    return merged + [rule for rule in drafted if rule.id in by_id]
+
+
+def write_rules(path: Path, drafted: Sequence[Rule], comment: str) -> list[Rule]:
+    """Merge ``drafted`` into the rules file at ``path`` (see :func:`merge_rules`) with
+    ``comment`` as its header; the rules now in the file.
+
+    The proxy acts on this file and reloads it when it changes, so it is replaced
+    atomically (never read half-written), keeps the mode a person gave it, and is not
+    touched at all when the present file is not valid rules (RulesError)."""
+    merged = merge_rules(load_rules(path), drafted)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, dump_rules(merged, comment), keep_mode=True)
+    return merged
+
+
 def first_match(rules: Sequence[Rule], **call: Any) -> Rule | None:
     """The first rule whose match covers the call (keywords as in :meth:`Match.covers`)."""
     return next((rule for rule in rules if rule.match.covers(**call)), None)
 
 
 def _rule_dict(rule: Rule) -> dict[str, Any]:
-    match: dict[str, Any] = {"model": rule.match.model}
-    for key in ("app", "provider", "max_prompt_tokens"):
-        if (value := getattr(rule.match, key)) is not None:
-            match[key] = value
-    if rule.match.without:
-        match["without"] = list(rule.match.without)
-    out: dict[str, Any] = {"id": rule.id, "match": match, "to": rule.to, "mode": rule.mode}
-    out["fraction"] = rule.fraction
-    if rule.mode == "canary":
-        out["sticky"] = rule.sticky
-    if rule.shadow_spend_cap_usd is not None:
-        out["shadow_spend_cap_usd"] = rule.shadow_spend_cap_usd
-    if rule.evidence:
-        out["evidence"] = rule.evidence
+    """The rule as the reviewer should read it: no unset filters, no stickiness on a rule
+    that is not a canary (it would mean nothing there)."""
+    out = rule.model_dump(
+        mode="json", exclude_none=True, exclude={"sticky"} if rule.mode != "canary" else None
+    )
+    if not rule.match.without:
+        del out["match"]["without"]
+    if not rule.evidence:
+        del out["evidence"]
     return out
-
-
-_RULE_KEYS = ("id", "match", "to", "mode", "fraction", "sticky", "shadow_spend_cap_usd", "evidence")
-_MATCH_KEYS = ("model", "app", "provider", "max_prompt_tokens", "without")
-
-
-def _rule(where: str, entry: Any) -> Rule:
-    if not isinstance(entry, dict):
-        raise RulesError(f"{where}: expected a mapping")
-    _known(where, entry, _RULE_KEYS)
-    rule_id = _text(f"{where}.id", entry.get("id"))
-    where = f"{where} ({rule_id})"
-    mode = entry.get("mode", "shadow")
-    if mode not in MODES:
-        raise RulesError(f"{where}.mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    sticky = entry.get("sticky", "session")
-    if sticky not in STICKY:
-        raise RulesError(f"{where}.sticky: expected one of {', '.join(STICKY)}, got {sticky!r}")
-    fraction = entry.get("fraction", 0.1)
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
-        raise RulesError(f"{where}.fraction: expected a number from 0 to 1, got {fraction!r}")
-    cap = entry.get("shadow_spend_cap_usd")
-    if cap is not None and (
-        isinstance(cap, bool) or not isinstance(cap, int | float) or not math.isfinite(cap) or cap < 0
-    ):
-        raise RulesError(f"{where}.shadow_spend_cap_usd: expected a non-negative number, got {cap!r}")
-    evidence = entry.get("evidence") or {}
-    if not isinstance(evidence, dict):
-        raise RulesError(f"{where}.evidence: expected a mapping")
-    return Rule(
-        id=rule_id,
-        match=_match(f"{where}.match", entry.get("match")),
-        to=_text(f"{where}.to", entry.get("to")),
-        mode=mode,
-        fraction=float(fraction),
-        sticky=sticky,
-        shadow_spend_cap_usd=None if cap is None else float(cap),
-        evidence=evidence,
-    )
-
-
-def _match(where: str, entry: Any) -> Match:
-    if not isinstance(entry, dict):
-        raise RulesError(f"{where}: expected a mapping with at least 'model'")
-    _known(where, entry, _MATCH_KEYS)
-    limit = entry.get("max_prompt_tokens")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise RulesError(f"{where}.max_prompt_tokens: expected a positive whole number, got {limit!r}")
-    without = entry.get("without") or []
-    if not isinstance(without, list) or any(f not in FEATURES for f in without):
-        raise RulesError(
-            f"{where}.without: expected a list drawn from {', '.join(FEATURES)}, got {without!r}"
-        )
-    return Match(
-        model=_text(f"{where}.model", entry.get("model")),
-        app=_optional_text(f"{where}.app", entry.get("app")),
-        provider=_optional_text(f"{where}.provider", entry.get("provider")),
-        max_prompt_tokens=limit,
-        without=tuple(without),
-    )
-
-
-def _known(where: str, entry: dict, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(entry) - set(allowed))
-    if unknown:
-        raise RulesError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}"
-        )
-
-
-def _text(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise RulesError(f"{where}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _optional_text(where: str, value: Any) -> str | None:
-    return None if value is None else _text(where, value)

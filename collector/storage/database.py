@@ -26,16 +26,20 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from collector.settings.paths import QUARANTINE_DIR
 from collector.storage import schema
-from collector.storage.spool import QUARANTINE_DIR, Quarantine, Spool
+from collector.storage.spool import Quarantine, Spool
 
-if TYPE_CHECKING:  # at run time these come in when needed: collector.pricing.book imports this module
+if TYPE_CHECKING:  # at run time RowBuilder comes in when needed: it loads the price catalogue
     from collector.calls.rows import RowBuilder
-    from collector.pricing.book import Rates
+    from collector.pricing.rates import Rates
 
 log = logging.getLogger("llmtap.store")
 
 LOCK_WAIT_S = 30.0
+#: Longest wait for the store at the proxy's start by the stages that seed totals from it
+#: (budgets, shadow spend caps); past it they start from zero (logged), and traffic flows.
+START_READ_WAIT_S = 5.0
 #: How long a writer keeps trying for the lock (with readers held back) per attempt.
 WRITER_WAIT_S = 2.0
 #: Longest pause between attempts while the store is failing.
@@ -154,7 +158,9 @@ def ingest_file(
             )
             span_cols = ", ".join("call_id" if c == "call_id" else f"span.{c}" for c in schema.SPANS)
             con.execute(f"INSERT INTO spans SELECT {span_cols} FROM batch WHERE span IS NOT NULL")
-            (added,) = con.execute("SELECT count(*) FROM batch").fetchone()
+            row = con.execute("SELECT count(*) FROM batch").fetchone()
+            assert row is not None  # count(*) always yields a row
+            (added,) = row
             con.execute("INSERT INTO spool_ingested (name, rows) VALUES (?, ?)", [name, added])
             con.commit()
         except BaseException:

@@ -53,7 +53,9 @@ def export_calls(
         target = out or Path(tmp) / f"export.{fmt}"
         with read_connection(db_path) as con:
             con.execute("SET TimeZone = 'UTC'")
-            (count,) = con.execute(f"SELECT count(*) FROM ({query})", params).fetchone()
+            row = con.execute(f"SELECT count(*) FROM ({query})", params).fetchone()
+            assert row is not None  # count(*) always yields a row
+            (count,) = row
             con.execute(f"COPY ({query}) TO '{_sql_path(target)}' {FORMATS[fmt]}", params)
         if out is None:
             sink = stdout or sys.stdout.buffer

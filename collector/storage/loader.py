@@ -5,9 +5,10 @@ A DuckDB batch (open, load, checkpoint, close) takes 50-80 ms of CPU; in a threa
 proxy it held the GIL in stretches of 8-12 ms, which the event loop felt as latency on
 every call in flight. Here the proxy only seals the active spool file every 0.5 s (2 s
 while traffic is heavy; a close and a rename, on a small thread) and writes one byte down
-a pipe; the child (``python -m collector.storage.loader SPOOL DB``) loads every sealed file
-when the byte arrives. Nudges that pile up while a batch loads are read at once, so batches grow
-with load instead of queueing.
+a pipe; the child (``python -m collector.storage.loader``) loads every sealed file when the
+byte arrives (the pipe's first line is the child's settings, :class:`LoaderSettings`). Nudges
+that pile up while a batch loads are read at once, so batches grow with load instead of
+queueing.
 
 Durability does not change: a call is durable once its spool line is written (by the
 recorder, before the client has the last byte), and a sealed file is loaded exactly once
@@ -20,11 +21,9 @@ written as before.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import logging
 import os
-import pickle
 import select
 import subprocess
 import sys
@@ -32,7 +31,9 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from collector.pricing.book import Rates
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from collector.pricing.rates import Rates
 from collector.storage.database import MAX_RETRY_S, Ingester
 from collector.storage.spool import Spool
 from collector.trust import logs
@@ -53,6 +54,20 @@ RECYCLE_GROWTH_BYTES = 24 * 1024 * 1024
 RECYCLE_EXIT = 3
 #: The loader's scheduling priority relative to the proxy (``nice``).
 NICENESS = 10
+
+
+class LoaderSettings(BaseModel):
+    """What the proxy tells its loader child: the first line of the child's stdin, as JSON.
+
+    Not the command line, which every user of the machine can read in ``ps``; not a pickle,
+    which runs whatever code its bytes name. The child validates it before loading anything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spool: Path
+    db: Path
+    #: The proxy's price overrides (from its config), so the child prices rows as it would.
+    price_overrides: dict[str, Rates] = Field(default_factory=dict)
 
 
 class IngestWorker:
@@ -77,11 +92,17 @@ class IngestWorker:
         self._thread.start()
 
     def _spawn(self) -> None:
-        cmd = [sys.executable, "-m", "collector.storage.loader", str(self.spool.directory), str(self.db_path)]
-        if self.ingester.price_overrides:
-            cmd += ["--price-overrides", _encode(self.ingester.price_overrides)]
+        cmd = [sys.executable, "-m", "collector.storage.loader"]
+        settings = LoaderSettings(
+            spool=self.spool.directory, db=self.db_path, price_overrides=self.ingester.price_overrides
+        )
         # Its own session: a terminal's Ctrl-C goes to the proxy, which then closes the pipe.
-        self._child = subprocess.Popen(cmd, stdin=subprocess.PIPE, start_new_session=True, env=_child_env())
+        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, start_new_session=True, env=_child_env())
+        assert child.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once; the next tick starts another
+            child.stdin.write(settings.model_dump_json().encode() + b"\n")
+            child.stdin.flush()
+        self._child = child
 
     def _run(self) -> None:
         delay = INTERVAL_S
@@ -171,33 +192,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m collector.storage.loader",
         description="Load llmtap's sealed spool files into its DuckDB store each time a byte "
-        "arrives on stdin; load everything left and exit when stdin closes. Started by the proxy.",
+        "arrives on stdin, after a first line of settings (JSON: spool, db, price_overrides); "
+        "load everything left and exit when stdin closes. Started by the proxy.",
     )
-    parser.add_argument("spool", type=Path, help="the spool directory (DATA_DIR/spool)")
-    parser.add_argument("db", type=Path, help="the DuckDB file (DATA_DIR/llmtap.duckdb)")
-    parser.add_argument(
-        "--price-overrides",
-        type=_decode,
-        default={},
-        help="the proxy's price overrides (from its config), as the proxy encodes them",
-    )
-    args = parser.parse_args(argv)
+    parser.parse_args(argv)
     logs.setup()
+    try:
+        settings = read_settings(sys.stdin.fileno())
+    except ValidationError as exc:
+        log.error("the spool loader's settings are not valid: %s", exc)
+        return 2
     # What it creates (the store, DuckDB's write-ahead log and temporary files) holds prompts.
     os.umask(0o077)
     # Background work: when the CPU is contended the proxy (and the app) go first; the spool
     # keeps every call meanwhile.
     os.nice(NICENESS)
-    return serve(Ingester(Spool(args.spool), args.db, args.price_overrides), sys.stdin.fileno())
+    ingester = Ingester(Spool(settings.spool), settings.db, settings.price_overrides)
+    return serve(ingester, sys.stdin.fileno())
 
 
-def _encode(overrides: Mapping[str, Rates]) -> str:
-    """The price overrides for the child's command line. Pickle: the child runs this same code."""
-    return base64.b64encode(pickle.dumps(dict(overrides))).decode()
-
-
-def _decode(text: str) -> dict[str, Rates]:
-    return pickle.loads(base64.b64decode(text))
+def read_settings(fd: int) -> LoaderSettings:
+    """The settings line at the start of ``fd``. Nudges read along with it are dropped: the
+    first batch of :func:`serve` loads every sealed file anyway."""
+    data = b""
+    while b"\n" not in data and (chunk := os.read(fd, 65536)):
+        data += chunk
+    return LoaderSettings.model_validate_json(data.partition(b"\n")[0])
 
 
 if __name__ == "__main__":

@@ -2,9 +2,75 @@
 
 One definition feeds the CREATE TABLE statements, the spool reader's column types
 and the exporter, so they cannot drift apart.
+
+The columns that proxy stages other than the recorder set (the caller's metadata, a model
+rewrite, routing, comparison) are declared here as the dataclasses those stages fill in flight
+(:mod:`collector.proxy.call`): the stage's part of the call state, the spool line and the
+row are all made from these fields, so a column of them is spelled once, here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(slots=True)
+class CallMetadata:
+    """The caller's ``X-Llmtap-*`` headers (see :mod:`collector.proxy.addons.metadata`)."""
+
+    app: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ModelRewrite:
+    """Set when llmtap sent the call to another model (a budget downgrade, a routing rule)."""
+
+    #: The client's model.
+    routed_from_model: str | None = None
+
+
+@dataclass(slots=True)
+class RoutingMarks:
+    """What the routing rules did with the call (see :mod:`collector.proxy.addons.router`)."""
+
+    #: The rule that acted on this call and the arm it fell in (``canary``, ``control``,
+    #: ``enforce``, ``live``, ``shadow``, ``noise_floor``, ``judge``, ``retry``).
+    routing_rule: str | None = None
+    routing_arm: str | None = None
+    #: A shadow copy or judge call: the call_id of the live call it serves; a retry: the failed call's.
+    shadow_of: str | None = None
+    retry_of: str | None = None
+
+
+@dataclass(slots=True)
+class Comparison:
+    """A shadow copy's output compared with its original's (see
+    :mod:`collector.proxy.addons.comparison`): the method, and whether they agree."""
+
+    comparison: str | None = None
+    agreement: bool | None = None
+
+
+#: SQL type per field annotation of the dataclasses above.
+_SQL_TYPES = {"str": "VARCHAR", "bool": "BOOLEAN", "dict[str, str]": "JSON"}
+
+
+def _columns(part: type) -> dict[str, str]:
+    return {f.name: _SQL_TYPES[str(f.type).removesuffix(" | None")] for f in fields(part)}
+
+
+def part_columns(part: Any) -> dict[str, Any]:
+    """The columns of one filled part; an empty value (no properties) is stored as NULL."""
+    return {f.name: _or_null(getattr(part, f.name)) for f in fields(part)}
+
+
+def _or_null(value: Any) -> Any:
+    return None if value == {} else value
+
 
 LLM_CALLS: dict[str, str] = {
     "call_id": "VARCHAR",
@@ -19,7 +85,7 @@ LLM_CALLS: dict[str, str] = {
     "stream": "BOOLEAN",
     "request_model": "VARCHAR",
     "response_model": "VARCHAR",
-    "routed_from_model": "VARCHAR",
+    **_columns(ModelRewrite),
     "input_tokens": "BIGINT",
     "output_tokens": "BIGINT",
     "cache_read_tokens": "BIGINT",
@@ -32,10 +98,7 @@ LLM_CALLS: dict[str, str] = {
     "input_cost_usd": "DECIMAL(18,9)",
     "output_cost_usd": "DECIMAL(18,9)",
     "price_ref": "VARCHAR",
-    "app": "VARCHAR",
-    "user_id": "VARCHAR",
-    "session_id": "VARCHAR",
-    "properties": "JSON",
+    **_columns(CallMetadata),
     "trace_id": "VARCHAR",
     "span_id": "VARCHAR",
     "error": "VARCHAR",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import threading
@@ -27,8 +28,6 @@ from collector.trust.private import private_dir
 log = logging.getLogger("llmtap.spool")
 
 BACKLOG_LIMIT = 100_000
-#: The spool's sub-directory for lines the loader could not load (see :class:`Quarantine`).
-QUARANTINE_DIR = "quarantine"
 
 
 class Spool:
@@ -261,5 +260,5 @@ class Quarantine:
         total = 0
         for path in self.directory.iterdir():
             with contextlib.suppress(OSError), open(path, "rb") as f:
-                total += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 20), b""))
+                total += sum(chunk.count(b"\n") for chunk in iter(functools.partial(f.read, 1 << 20), b""))
         return total

@@ -51,7 +51,7 @@ if blocked.height == 0:
 else:
     st.metric(
         "Blocked calls",
-        count(blocked.get_column("blocked_calls").sum()),
+        count(int(blocked.get_column("blocked_calls").sum())),
         help="answered 429 by the proxy itself",
     )
     st.dataframe(printable_frame(blocked), hide_index=True)

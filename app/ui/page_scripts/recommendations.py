@@ -8,7 +8,7 @@ import analytics
 from app.ui import routing, widgets
 from app.ui.format import count, percent, usd
 from app.ui.safe import md, printable, printable_frame
-from collector.routing.rules import RulesError, dump_rules, load_rules
+from collector.routing.rules import RulesError, dump_rules, load_rules, write_rules
 
 st.title("Recommendations")
 view, settings = widgets.page_view()
@@ -73,15 +73,17 @@ labels = [  # selectbox options are plain text: only control characters need esc
     for i, r in enumerate(found.records)
 ]
 chosen = found.records[labels.index(st.selectbox("Record", labels, key="record"))]
-cells = st.columns(4)
-cells[0].metric("Agreement", percent(chosen.agreement), help=f"{count(chosen.shadow_samples)} shadow samples")
-cells[1].metric(
+record_cells = st.columns(4)
+record_cells[0].metric(
+    "Agreement", percent(chosen.agreement), help=f"{count(chosen.shadow_samples)} shadow samples"
+)
+record_cells[1].metric(
     "Agreement lower bound",
     percent(chosen.agreement_lower_bound),
     help=f"at {percent(chosen.confidence)} confidence",
 )
-cells[2].metric("Cost per 1k requests", usd(chosen.cost_per_1k_incumbent_usd), help="the incumbent's")
-cells[3].metric("Candidate cost per 1k", usd(chosen.cost_per_1k_candidate_usd))
+record_cells[2].metric("Cost per 1k requests", usd(chosen.cost_per_1k_incumbent_usd), help="the incumbent's")
+record_cells[3].metric("Candidate cost per 1k", usd(chosen.cost_per_1k_candidate_usd))
 st.markdown(md(chosen.reason))  # reasons and risks name models and apps
 for risk in chosen.risks:
     st.warning(md(risk))
@@ -91,7 +93,7 @@ if found.realised.height:
     st.dataframe(printable_frame(found.realised), hide_index=True)
 
 st.subheader("Write rules")
-path = routing.rules_path(settings)
+path = settings.paths.rules
 action = st.radio(
     "Action",
     routing.ACTIONS,
@@ -123,5 +125,5 @@ confirmed = st.checkbox(
     key="confirm_rules",
 )
 if st.button("Write rules", disabled=not confirmed, key="write_rules"):
-    merged = routing.write_rules(path, drafted)
+    merged = write_rules(path, drafted, routing.RULES_HEADER)
     st.success(f"Wrote {len(drafted)} {action} rules to {md(path)}; it now holds {len(merged)} rules.")

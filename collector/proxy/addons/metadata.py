@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from operator import itemgetter
 
 from mitmproxy import http
 
+from collector.proxy.call import METADATA_KEY
+from collector.storage.schema import CallMetadata
 from collector.trust import boundary
 
 PREFIX = b"x-llmtap-"
 PROPERTY_PREFIX = b"x-llmtap-property-"
-METADATA_KEY = "llmtap.metadata"
 #: Properties kept per call (later ones are still removed from the request, not stored), and
 #: the longest property name kept: one request with 100,000 of them must cost little.
 MAX_PROPERTIES = 64
 PROPERTY_NAME_LIMIT = 128
-
-
-@dataclass(slots=True)
-class CallMetadata:
-    app: str | None = None
-    user_id: str | None = None
-    session_id: str | None = None
-    properties: dict[str, str] = field(default_factory=dict)
 
 
 class MetadataHeaders:
@@ -31,6 +23,8 @@ class MetadataHeaders:
         self.default_app = default_app
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if METADATA_KEY in flow.metadata:
+            return  # a call llmtap sends itself carries its original's metadata
         meta = CallMetadata(app=self.default_app)
         flow.metadata[METADATA_KEY] = meta
         headers = flow.request.headers

@@ -15,23 +15,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Protocol
 
 from mitmproxy import http
 
-from collector.calls.rows import Observed, RowBuilder, json_or_none, read_response, row_line
+from collector.calls.rows import Observed, RowBuilder, read_response, row_line
 from collector.calls.spans import SpanRecorder
 from collector.pricing.book import PriceBook
-from collector.providers import Endpoint, ProviderRegistry, RequestFacts, ResponseFacts
-from collector.proxy.addons.metadata import METADATA_KEY, CallMetadata
-from collector.proxy.failopen import fail_open, failures
+from collector.providers import ProviderRegistry
+from collector.proxy.call import (
+    CAPTURE_KEY,
+    COMPARISON_KEY,
+    REWRITE_KEY,
+    ROUTING_KEY,
+    Capture,
+    keeps_answer_text,
+    metadata_of,
+)
 from collector.storage.spool import Spool
 from collector.trust import privacy
 from collector.trust.boundary import BODY_LIMIT
+from collector.trust.failopen import fail_open, failures
+from collector.wire.bodies import json_or_none
 from collector.wire.decoding import Decoder, decoder_for
 from collector.wire.eventstream import EventStreamReader
 from collector.wire.headers import decoded_body, first_header, intended_host
@@ -39,59 +45,8 @@ from collector.wire.sse import SSEReader
 
 log = logging.getLogger("llmtap.recorder")
 
-CAPTURE_KEY = "llmtap.capture"
-
-
-@dataclass(slots=True)
-class Capture:
-    """Everything known about one call while it is in flight."""
-
-    endpoint: Endpoint
-    method: str
-    host: str
-    path: str
-    started: float
-    metadata: CallMetadata
-    traceparent: str | None
-    secrets: list[str]
-    #: The capture mode keeps bodies and the request is not one whose bodies are withheld
-    #: (more secret values than privacy.MAX_SECRET_VALUES).
-    keep_bodies: bool
-    #: The body as the client sent it (addons may change what goes upstream).
-    request_body: bytes = b""
-    #: Read from the body when first asked for (:attr:`request`); most calls are never asked.
-    parsed_request: RequestFacts | None = None
-    response: ResponseFacts = field(default_factory=ResponseFacts)
-    streamed: bool = False
-    first_byte: float | None = None
-    stream_body: bytearray | None = None
-    completed_at: float | None = None
-    done: bool = False
-    #: Set when the call is finished, for addons that act on spend (budgets).
-    cost_usd: Decimal | None = None
-    #: The client's model when an addon sent the call to another one (budget downgrades).
-    routed_from_model: str | None = None
-    #: Known from the start so that other calls (shadow copies, retries) can refer to it.
-    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    #: Set by the routing addon: the rule that acted on this call and the arm it fell in
-    #: (``canary``, ``control``, ``enforce``, ``shadow``, ``retry``).
-    routing_rule: str | None = None
-    routing_arm: str | None = None
-    #: A shadow copy: the call_id of the live call it copies; a retry: the failed call's.
-    shadow_of: str | None = None
-    retry_of: str | None = None
-    #: A shadow copy's output compared with its original's: the method, and whether they agree.
-    comparison: str | None = None
-    agreement: bool | None = None
-
-    @property
-    def request(self) -> RequestFacts:
-        """What the client asked for. Read on first use: routing rules, budgets and the
-        stream-usage option ask in flight; for other calls the spool loader reads it."""
-        if self.parsed_request is None:
-            endpoint, body = self.endpoint, json_or_none(self.request_body)
-            self.parsed_request = endpoint.provider.read_request(endpoint.api, self.path, body)
-        return self.parsed_request
+#: Where the other stages' parts of the call state are, by Observed field.
+_PARTS = {"rewrite": REWRITE_KEY, "routing": ROUTING_KEY, "comparison": COMPARISON_KEY}
 
 
 class EventReader(Protocol):
@@ -189,16 +144,13 @@ class Recorder:
         secrets = privacy.secret_values(req.data.headers.fields, req.path)
         withheld = len(secrets) > privacy.MAX_SECRET_VALUES
         if withheld:
-            log.warning(
-                "a call to %s carries %d secret values; its bodies are not kept", host, len(secrets)
-            )
+            log.warning("a call to %s carries %d secret values; its bodies are not kept", host, len(secrets))
         capture = Capture(
             endpoint=endpoint,
             method=req.method,
             host=host,
             path=privacy.clean_path(req.path),
             started=req.timestamp_start,
-            metadata=flow.metadata.get(METADATA_KEY) or CallMetadata(),
             traceparent=first_header(req, b"traceparent"),
             secrets=secrets,
             keep_bodies=self.capture_mode != "metadata" and not withheld,
@@ -220,8 +172,9 @@ class Recorder:
                 capture,
                 reader(),
                 first_header(flow.response, b"content-encoding") or "",
-                # Binary framings are not kept as body text.
-                keep_body=capture.keep_bodies and reader is SSEReader,
+                # Binary framings are not kept as body text; a stream whose answer is compared
+                # keeps its text in every mode (stored only when the mode keeps bodies).
+                keep_body=reader is SSEReader and (capture.keep_bodies or keeps_answer_text(flow)),
             )
         except ValueError as exc:
             log.warning("stream of %s not parsed: %s", capture.host, exc)
@@ -270,30 +223,24 @@ class Recorder:
             path=capture.path,
             status_code=response.status_code if response is not None else None,
             streamed=capture.streamed,
-            app=capture.metadata.app,
-            user_id=capture.metadata.user_id,
-            session_id=capture.metadata.session_id,
-            properties=capture.metadata.properties or None,
             traceparent=capture.traceparent,
             error=error,
             capture_mode=self.capture_mode,
             request=capture.parsed_request,
             response=capture.response if capture.streamed else None,
-            routed_from_model=capture.routed_from_model,
-            routing_rule=capture.routing_rule,
-            routing_arm=capture.routing_arm,
-            shadow_of=capture.shadow_of,
-            retry_of=capture.retry_of,
-            comparison=capture.comparison,
-            agreement=capture.agreement,
+            metadata=metadata_of(flow),
         )
+        # The other stages' parts, when they acted on this call.
+        for name, key in _PARTS.items():
+            if (part := flow.metadata.get(key)) is not None:
+                setattr(seen, name, part)
         self._keep_bodies(seen, capture, body)
         # Routing's calls need their cost now (spend caps); a body over the limit is cut when
         # kept, so it must be read whole now.
         in_flight = (
             self.rows_in_flight
             or not capture.keep_bodies  # the loader would have nothing to read the facts from
-            or capture.routing_arm is not None
+            or ROUTING_KEY in flow.metadata
             or len(capture.request_body) > BODY_LIMIT
             or (body is not None and len(body) > BODY_LIMIT)
         )

@@ -19,10 +19,11 @@ request for upstream. For each call the first matching rule acts, by its mode:
   calls (free-text comparisons) are rows too ("judge"). Copies stop for the UTC day once
   a rule's copies and judge calls have cost ``shadow_spend_cap_usd`` (what they cost earlier
   that day is read from the store at start-up, so a restart does not reset the cap). Copies
-  get the same injected stream usage as live calls (:mod:`collector.proxy.addons.stream_usage`), and a
-  copied stream keeps its text for the comparison in every capture mode. ``llmtap evaluate``
-  (app/evaluate.py) sends the same copies offline, for stored calls, through
-  :meth:`Router.shadow_stored`.
+  are sent through the proxy itself (:mod:`collector.proxy.own_calls`), so every stage sees
+  them as it sees an app's calls (they get the same injected stream usage, rows and spans),
+  and a copied stream keeps its text for the comparison in every capture mode. The
+  comparison itself is its own stage (:mod:`collector.proxy.addons.comparison`).
+  ``llmtap evaluate`` sends the same copies for stored calls, through :meth:`Router.shadow`.
 
 A rewritten call (canary or enforce) that the new model answers with an HTTP error is
 retried once with the client's model; the client gets the retry's answer, and both are
@@ -40,56 +41,52 @@ lookup and a clock read.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-import httpx
-from mitmproxy import connection, http
-from mitmproxy.flow import Error
+from mitmproxy import http
 
-from collector.calls.rows import CHARS_PER_TOKEN, json_or_none
-from collector.providers.base import Output, OutputReader
-from collector.proxy.addons.budget_guard import SEED_TIMEOUT_S, rewrite_model
-from collector.proxy.addons.metadata import METADATA_KEY, CallMetadata
-from collector.proxy.addons.recorder import CAPTURE_KEY, Capture, Recorder
-from collector.proxy.addons.stream_usage import StreamUsage, is_signed
-from collector.proxy.addons.upstream import UpstreamRewrite
-from collector.proxy.failopen import fail_open, failures
-from collector.routing import compare
+from collector.calls.rows import CHARS_PER_TOKEN
+from collector.providers import Endpoint, RequestFacts
+from collector.providers.base import Output
+from collector.proxy.call import CAPTURE_KEY, REWRITE_KEY, ROUTING_KEY, Capture, made_by_llmtap, metadata_of
+from collector.proxy.model_rewrite import is_signed, rewrite_model, with_model
+from collector.proxy.own_calls import (
+    ORDER_KEY,
+    SEND_TIMEOUT_S,
+    CopyOrder,
+    answer_of,
+    new_flow,
+    output_of,
+    send,
+)
 from collector.routing.rules import EVALUATION_ARMS, Rule, RulesError, first_match, load_rules
-from collector.settings.config import Upstream
-from collector.storage.database import read_connection
-from collector.wire.sse import SSEReader
+from collector.storage.database import START_READ_WAIT_S, read_connection
+from collector.storage.schema import CallMetadata, RoutingMarks
+from collector.trust.failopen import fail_open, failures
+from collector.wire.streams import StreamFn, joined
 
 log = logging.getLogger("llmtap.routing")
 
 #: Seconds between checks of the rules file for changes.
 RELOAD_INTERVAL_S = 1.0
-#: Most seconds a copy, retry or judge call may take.
-SEND_TIMEOUT_S = 120.0
-#: Most characters of the request shown to the judge.
-JUDGE_REQUEST_CHARS = 8000
-#: Headers not copied onto a request llmtap sends itself (hop-by-hop, or recomputed).
-_DROPPED_HEADERS = ("content-length", "transfer-encoding", "connection", "proxy-connection", "keep-alive")
 #: Where a canary's sticky key is looked for, in order, per ``sticky`` value.
 STICKY_KEYS: dict[str, tuple[str, ...]] = {
     "session": ("session_id", "user_id", "app"),
     "user": ("user_id", "app"),
     "app": ("app",),
 }
-_PLAN_KEY = "llmtap.routing"
-#: The arms of calls llmtap makes to evaluate a model, whose cost counts towards a rule's cap.
-#: Today's spend per rule on those calls, as stored.
+#: Most characters of the original request shown to a judge.
+JUDGE_REQUEST_CHARS = 8000
+_PLAN_KEY = "llmtap.routing_plan"
+#: Today's spend per rule on the calls llmtap makes to evaluate a model, as stored.
 _STORED_SPEND = """
 SELECT routing_rule, sum(cost_usd) FROM llm_calls
 WHERE started_at >= ? AND routing_arm IN (SELECT unnest(?)) AND routing_rule IS NOT NULL
@@ -104,10 +101,30 @@ def canary_share(rule_id: str, key: str) -> float:
     return int.from_bytes(digest) / 2**64
 
 
-def sticky_key(rule: Rule, capture: Capture) -> str:
+def sticky_key(rule: Rule, metadata: CallMetadata, call_id: str) -> str:
     """The caller a canary keeps in one arm (see the module docstring for the fallbacks)."""
-    named = ((name, getattr(capture.metadata, name)) for name in STICKY_KEYS[rule.sticky])
-    return next((f"{name}:{value}" for name, value in named if value), capture.call_id)
+    named = ((name, getattr(metadata, name)) for name in STICKY_KEYS[rule.sticky])
+    return next((f"{name}:{value}" for name, value in named if value), call_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """The call a rule's copies serve: a live call after its answer, or a stored one
+    (``llmtap evaluate``)."""
+
+    call_id: str
+    endpoint: Endpoint
+    #: The request as the client sent it, credentials included.
+    request: http.Request
+    facts: RequestFacts
+    metadata: CallMetadata
+    #: Its answer as its provider reads outputs, None when it has none to compare.
+    incumbent: Output | None
+
+    @classmethod
+    def of(cls, flow: http.HTTPFlow, capture: Capture, request: http.Request) -> Original:
+        incumbent = output_of(capture.endpoint, answer_of(flow))
+        return cls(capture.call_id, capture.endpoint, request, capture.request, metadata_of(flow), incumbent)
 
 
 @dataclass(slots=True)
@@ -179,7 +196,7 @@ class ShadowSpend:
         spent = self._today()
         midnight = datetime.fromisoformat(self.day).replace(tzinfo=UTC)
         try:
-            with read_connection(db, SEED_TIMEOUT_S) as con:
+            with read_connection(db, START_READ_WAIT_S) as con:
                 stored = con.execute(_STORED_SPEND, [midnight, list(EVALUATION_ARMS)]).fetchall()
         except Exception as exc:
             # A warning: mitmproxy stops if an error is logged while it starts.
@@ -191,32 +208,17 @@ class ShadowSpend:
         cap = rule.shadow_spend_cap_usd
         return cap is not None and self._today().get(rule.id, Decimal(0)) >= Decimal(str(cap))
 
-    def add(self, rule: Rule, cost: Decimal | None) -> None:
+    def add(self, rule_id: str, cost: Decimal | None) -> None:
         if cost:
             spent = self._today()
-            spent[rule.id] = spent.get(rule.id, Decimal(0)) + cost
+            spent[rule_id] = spent.get(rule_id, Decimal(0)) + cost
 
 
 class Router:
-    def __init__(
-        self,
-        rules_path: Path,
-        recorder: Recorder,
-        upstreams: Mapping[str, Upstream],
-        judge_model: str | None = None,
-        noise_floor_fraction: float = 0.0,
-        stream_usage: StreamUsage | None = None,
-    ) -> None:
+    def __init__(self, rules_path: Path, noise_floor_fraction: float = 0.0) -> None:
         self.rules = RulesFile(rules_path)
-        self.recorder = recorder
-        self.upstream = UpstreamRewrite(upstreams)
-        #: The live calls' stream-usage injection, applied to copies too (they are copied
-        #: from the client's request, before it acts).
-        self.stream_usage = stream_usage or StreamUsage()
-        self.judge_model = judge_model
         self.noise_floor_fraction = noise_floor_fraction
         self.spend = ShadowSpend()
-        self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: (rule, reason) pairs already logged, so a steady stream of such calls logs once.
         self._logged: set[tuple[str, str]] = set()
@@ -231,23 +233,37 @@ class Router:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None:
             return
+        order: CopyOrder | None = flow.metadata.get(ORDER_KEY)
+        if order is not None:  # a copy this router sends: to its model (checked before sending)
+            if order.model != capture.request.model:
+                rewrite_model(flow, capture, order.model)
+            return
+        if made_by_llmtap(flow):
+            return  # a retry or judge call goes as it is
         rules = self.rules.current()
-        if rules and flow.response is None and capture.routed_from_model is None:
+        if rules and flow.response is None and REWRITE_KEY not in flow.metadata:
             self._route(flow, capture, rules)
 
     @fail_open
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """A sampled live stream keeps its text for the comparison even when the capture mode
-        keeps no bodies (the recorder's tee fills ``stream_body``; it is never stored then)."""
-        plan: Plan | None = flow.metadata.get(_PLAN_KEY)
-        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
-        if plan and plan.copies and capture:
-            _keep_stream_text(flow, capture)
+        """A retry's answer goes to the client in one piece: a streamed one is kept whole
+        (the recorder's tee still sees every chunk)."""
+        marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
+        response = flow.response
+        is_retry = marks is not None and marks.routing_arm == "retry"
+        if is_retry and response is not None and callable(response.stream):
+            response.stream = _Collect(response.stream)
 
     @fail_open
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A plain hook that returns a coroutine only for a call a rule acted on: the calls
         no rule touches (most) then cost mitmproxy no coroutine to run and await."""
+        marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
+        if marks is None:
+            return None
+        if made_by_llmtap(flow):
+            self._count_spend(flow, marks)
+            return None
         plan: Plan | None = flow.metadata.get(_PLAN_KEY)
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if plan is None or capture is None or flow.response is None:
@@ -255,27 +271,31 @@ class Router:
         return self._after_response(flow, capture, plan)
 
     @fail_open
+    def error(self, flow: http.HTTPFlow) -> None:
+        marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
+        if marks is not None and made_by_llmtap(flow):
+            self._count_spend(flow, marks)
+
+    @fail_open
     async def _after_response(self, flow: http.HTTPFlow, capture: Capture, plan: Plan) -> None:
         assert flow.response is not None
         if plan.retry and flow.response.status_code >= 400 and not capture.streamed:
             await self._retry(flow, capture, plan)
         elif plan.copies and flow.response.status_code < 400 and capture.response.error is None:
-            incumbent = _output(capture, _answer(flow, capture))
-            task = asyncio.get_running_loop().create_task(self._send_copies(capture, plan, incumbent))
+            original = Original.of(flow, capture, plan.request)
+            task = asyncio.get_running_loop().create_task(self._send_copies(original, plan.rule, plan.copies))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def done(self) -> None:
-        """Let copies in flight finish (each has its own timeout), then close the client."""
+        """Let copies in flight finish (each has its own timeout)."""
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=SEND_TIMEOUT_S)
-        if self._client is not None:
-            await self._client.aclose()
 
     # -- deciding ------------------------------------------------------------------------
 
     def _route(self, flow: http.HTTPFlow, capture: Capture, rules: list[Rule]) -> None:
-        rule = rule_for(rules, capture)
+        rule = rule_for(rules, capture.request, metadata_of(flow), capture.endpoint.provider.name)
         if rule is None:
             return
         if is_signed(flow.request.headers):
@@ -287,32 +307,32 @@ class Router:
         self._rewrite(flow, capture, rule, "enforce")
 
     def _canary(self, flow: http.HTTPFlow, capture: Capture, rule: Rule) -> None:
-        if canary_share(rule.id, sticky_key(rule, capture)) < rule.fraction:
+        if canary_share(rule.id, sticky_key(rule, metadata_of(flow), capture.call_id)) < rule.fraction:
             self._rewrite(flow, capture, rule, "canary")
         else:
-            capture.routing_rule, capture.routing_arm = rule.id, "control"
+            flow.metadata[ROUTING_KEY] = RoutingMarks(rule.id, "control")
 
     def _shadow(self, flow: http.HTTPFlow, capture: Capture, rule: Rule) -> None:
         if random.random() >= rule.fraction or self.spend.over(rule):
             return
-        capture.routing_rule, capture.routing_arm = rule.id, "live"
-        flow.metadata[_PLAN_KEY] = Plan(rule, flow.request.copy(), copies=self._copies(capture, rule))
+        flow.metadata[ROUTING_KEY] = RoutingMarks(rule.id, "live")
+        flow.metadata[_PLAN_KEY] = Plan(rule, flow.request.copy(), copies=self._copies(capture.request, rule))
 
-    def _copies(self, capture: Capture, rule: Rule) -> tuple[tuple[str, str], ...]:
+    def _copies(self, facts: RequestFacts, rule: Rule) -> tuple[tuple[str, str], ...]:
         """A shadowed call's copies: to the rule's model, and sometimes to its own (noise floor)."""
-        if random.random() < self.noise_floor_fraction and capture.request.model is not None:
-            return ((rule.to, "shadow"), (capture.request.model, "noise_floor"))
+        if random.random() < self.noise_floor_fraction and facts.model is not None:
+            return ((rule.to, "shadow"), (facts.model, "noise_floor"))
         return ((rule.to, "shadow"),)
 
     def _rewrite(self, flow: http.HTTPFlow, capture: Capture, rule: Rule, arm: str) -> None:
         original = flow.request.copy()
-        why_not = rewrite_model(flow.request, capture, rule.to)
+        why_not = rewrite_model(flow, capture, rule.to)
         if why_not is not None:
             self._log_once(
                 rule, "rewrite", f"a {capture.endpoint.provider.name} call is not rewritten: {why_not}"
             )
             return
-        capture.routing_rule, capture.routing_arm = rule.id, arm
+        flow.metadata[ROUTING_KEY] = RoutingMarks(rule.id, arm)
         flow.metadata[_PLAN_KEY] = Plan(rule, original, retry=True)
 
     def _log_once(self, rule: Rule, kind: str, message: str) -> None:
@@ -322,152 +342,67 @@ class Router:
 
     # -- acting after the answer ---------------------------------------------------------
 
-    async def shadow_stored(self, live: Capture, request: http.Request, rule: Rule, answer: Any) -> None:
-        """``llmtap evaluate``: a stored call's copies, sent, compared and recorded as the
-        proxy does after a live answer. ``live`` is the stored call as the recorder reads
-        it, with the stored ``call_id``; ``request`` is its stored request with credentials
-        added; ``answer`` is its stored answer (see :func:`read_answer`)."""
-        plan = Plan(rule, request, copies=self._copies(live, rule))
-        await self._send_copies(live, plan, _output(live, answer))
+    async def shadow(self, original: Original, rule: Rule) -> None:
+        """Send ``original``'s copies for ``rule`` one after another, each once the spend cap
+        allows; each is compared with the original's answer and recorded. Runs on the
+        proxy's event loop (``llmtap evaluate`` submits stored calls there)."""
+        await self._send_copies(original, rule, self._copies(original.facts, rule))
 
     async def _retry(self, flow: http.HTTPFlow, capture: Capture, plan: Plan) -> None:
-        retry = _new_flow(plan.request, capture.metadata)
-        retry_capture = self._record_start(retry, plan.rule, "retry")
-        if retry_capture is None:
-            return
-        retry_capture.retry_of = capture.call_id
-        await self._send(retry)
-        self._record_end(retry)
-        if retry.response is not None:
-            answer = retry.response
-            headers = [(k, v) for k, v in answer.headers.fields if k.lower() not in (b"content-length",)]
-            flow.response = http.Response.make(answer.status_code, answer.content or b"", headers)
+        marks = RoutingMarks(plan.rule.id, "retry", retry_of=capture.call_id)
+        retry = new_flow(plan.request, metadata_of(flow), marks)
+        await send(retry)
+        answer = retry.response
+        if answer is not None:
+            body = answer.stream.body if isinstance(answer.stream, _Collect) else answer.content
+            headers = [(k, v) for k, v in answer.headers.fields if k.lower() != b"content-length"]
+            flow.response = http.Response.make(answer.status_code, bytes(body or b""), headers)
 
-    async def _send_copies(self, live: Capture, plan: Plan, incumbent: Output | None) -> None:
+    async def _send_copies(self, original: Original, rule: Rule, copies: Sequence[tuple[str, str]]) -> None:
         try:
-            for model, arm in plan.copies:
-                if self.spend.over(plan.rule):
+            for model, arm in copies:
+                if self.spend.over(rule):
                     return
-                await self._copy(live, plan, model, arm, incumbent)
+                await self._copy(original, rule, model, arm)
         except Exception:
             failures["Router.shadow"] += 1
             log.exception("llmtap internal error sending a shadow copy; traffic unaffected")
 
-    async def _copy(self, live: Capture, plan: Plan, model: str, arm: str, incumbent: Output | None) -> None:
-        copy = _new_flow(plan.request, live.metadata)
-        capture = self._record_start(copy, plan.rule, arm)
-        if capture is None:
-            return
-        capture.shadow_of = live.call_id
-        if model != live.request.model and rewrite_model(copy.request, capture, model) is not None:
-            return
-        self.stream_usage.request(copy)
-        await self._send(copy)
-        candidate = _output(capture, _answer(copy, capture)) if copy.response is not None else None
-        if incumbent is not None and candidate is not None and capture.response.error is None:
-            capture.comparison = compare.choose_method(live.request.features, incumbent)
-            capture.agreement = await self._agree(capture.comparison, live, plan, incumbent, candidate)
-        self._record_end(copy)
-        self.spend.add(plan.rule, capture.cost_usd)
-
-    async def _agree(
-        self, method: str, live: Capture, plan: Plan, incumbent: Output, candidate: Output
-    ) -> bool | None:
-        if method != compare.JUDGE:
-            return compare.METHODS[method](incumbent, candidate)
-        if self.judge_model is None:
-            self._log_once(
-                plan.rule, "judge", "free-text answers are not compared: set [routing] judge_model"
-            )
-            return None
-        question = live.request_body[:JUDGE_REQUEST_CHARS].decode("utf-8", "replace")
-        return await compare.judge_agrees(
-            question, incumbent, candidate, functools.partial(self._ask, live, plan)
-        )
-
-    async def _ask(self, live: Capture, plan: Plan, prompt: str) -> str:
-        """One judge call: a plain prompt to the judge model, on the live call's provider with
-        its credentials, recorded as a row of its own."""
-        provider: OutputReader = live.endpoint.provider  # type: ignore[assignment]
-        assert self.judge_model is not None
-        path, body = provider.prompt_request(live.endpoint.api, plan.request.path, self.judge_model, prompt)
-        request = plan.request.copy()
-        request.path, request.content = path, json.dumps(body).encode()
-        ask = _new_flow(request, live.metadata)
-        capture = self._record_start(ask, plan.rule, "judge")
-        if capture is None:
-            return ""
-        capture.shadow_of = live.call_id
-        await self._send(ask)
-        self._record_end(ask)
-        self.spend.add(plan.rule, capture.cost_usd)
-        output = _output(capture, _answer(ask, capture)) if ask.response is not None else None
-        return output.text if output is not None else ""
-
-    # -- sending and recording a call llmtap makes itself --------------------------------
-
-    def stored_call(self, call_id: str, request: http.Request, metadata: CallMetadata) -> Capture | None:
-        """A stored call as the recorder reads its request, under its stored ``call_id``
-        (``llmtap evaluate``); None when the recorder sees no LLM call in it. Nothing is recorded."""
-        flow = _new_flow(request, metadata)
-        self.recorder.request(flow)
-        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
-        if capture is not None:
-            capture.call_id = call_id
-        return capture
-
-    def _record_start(self, flow: http.HTTPFlow, rule: Rule, arm: str) -> Capture | None:
-        self.recorder.request(flow)
-        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
-        if capture is not None:
-            capture.routing_rule, capture.routing_arm = rule.id, arm
-        return capture
-
-    def _record_end(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            self.recorder.response(flow)
-        else:
-            self.recorder.error(flow)
-
-    async def _send(self, flow: http.HTTPFlow) -> None:
-        """Send the flow's request through the configured upstream, feeding the answer to the
-        recorder's stream hooks as it arrives (a stream keeps its text, to be compared or
-        read, whatever the capture mode); on failure set ``flow.error``."""
-        wire = _new_flow(flow.request, CallMetadata())
-        self.upstream.request(wire)
-        request = wire.request
-        headers = [(k, v) for k, v in request.headers.items(multi=True) if k.lower() not in _DROPPED_HEADERS]
-        headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [
-            ("accept-encoding", "identity")
-        ]
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=SEND_TIMEOUT_S)
-        try:
-            async with self._client.stream(
-                request.method, request.url, headers=headers, content=request.content or b""
-            ) as answer:
-                response = http.Response.make(
-                    answer.status_code,
-                    b"",
-                    [(k, v) for k, v in answer.headers.raw if k.decode().lower() not in _DROPPED_HEADERS],
+    async def _copy(self, original: Original, rule: Rule, model: str, arm: str) -> None:
+        if model != original.facts.model:
+            why_not = with_model(original.request.copy(), original.facts.model, model)
+            if why_not is not None:
+                self._log_once(
+                    rule, "copy", f"a {original.endpoint.provider.name} call is not copied: {why_not}"
                 )
-                response.timestamp_start = time.time()
-                flow.response = response
-                self.recorder.responseheaders(flow)
-                if (capture := flow.metadata.get(CAPTURE_KEY)) is not None:
-                    _keep_stream_text(flow, capture)
-                tee = response.stream if callable(response.stream) else None
-                body = bytearray()
-                async for chunk in answer.aiter_raw():
-                    body += tee(chunk) if tee is not None else chunk
-                if tee is not None:
-                    tee(b"")
-                response.stream = False
-                response.content = bytes(body)
-                response.timestamp_end = time.time()
-        except httpx.HTTPError as exc:
-            flow.response = None
-            flow.error = Error(f"{type(exc).__name__}: {exc}")
+                return
+        copy = new_flow(
+            original.request, original.metadata, RoutingMarks(rule.id, arm, shadow_of=original.call_id)
+        )
+        question = (original.request.content or b"")[:JUDGE_REQUEST_CHARS].decode("utf-8", "replace")
+        copy.metadata[ORDER_KEY] = CopyOrder(
+            model, original.incumbent, original.facts.features, original.request, original.endpoint, question
+        )
+        await send(copy)
+
+    def _count_spend(self, flow: http.HTTPFlow, marks: RoutingMarks) -> None:
+        """A copy's or judge call's cost counts towards its rule's daily cap."""
+        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
+        if capture is not None and marks.routing_rule and marks.routing_arm in EVALUATION_ARMS:
+            self.spend.add(marks.routing_rule, capture.cost_usd)
+
+
+class _Collect:
+    """A response's ``stream`` callable that keeps every chunk it passes on."""
+
+    def __init__(self, inner: StreamFn) -> None:
+        self.inner = inner
+        self.body = bytearray()
+
+    def __call__(self, chunk: bytes) -> bytes:
+        out = joined(self.inner(chunk))
+        self.body += out
+        return out
 
 
 #: What each rule mode does to a matching call, when its request arrives.
@@ -478,60 +413,15 @@ MODES: dict[str, Callable[[Router, http.HTTPFlow, Capture, Rule], None]] = {
 }
 
 
-def rule_for(rules: Sequence[Rule], capture: Capture) -> Rule | None:
+def rule_for(
+    rules: Sequence[Rule], facts: RequestFacts, metadata: CallMetadata, provider: str
+) -> Rule | None:
     """The rule that acts on a call: the first whose match covers it."""
     return first_match(
         rules,
-        model=capture.request.model,
-        app=capture.metadata.app,
-        provider=capture.endpoint.provider.name,
-        prompt_tokens=capture.request.prompt_chars // CHARS_PER_TOKEN,
-        features=capture.request.features,
+        model=facts.model,
+        app=metadata.app,
+        provider=provider,
+        prompt_tokens=facts.prompt_chars // CHARS_PER_TOKEN,
+        features=facts.features,
     )
-
-
-def _new_flow(request: http.Request, metadata: CallMetadata) -> http.HTTPFlow:
-    """A flow for a call llmtap makes itself, shaped as if a client had sent ``request``."""
-    client = connection.Client(peername=("127.0.0.1", 0), sockname=("127.0.0.1", 0))
-    flow = http.HTTPFlow(client, connection.Server(address=None))
-    flow.request = request.copy()
-    flow.request.timestamp_start = time.time()
-    flow.metadata[METADATA_KEY] = metadata
-    return flow
-
-
-def _keep_stream_text(flow: http.HTTPFlow, capture: Capture) -> None:
-    """Have the recorder's stream tee keep an event stream's text (up to the recorder's
-    ``BODY_LIMIT``) when the capture mode keeps no bodies: the comparison needs it, and the
-    recorder never stores it in that mode."""
-    response = flow.response
-    if response is None or not capture.streamed or capture.stream_body is not None:
-        return
-    is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
-    if is_sse and callable(response.stream):
-        capture.stream_body = bytearray()
-
-
-def _answer(flow: http.HTTPFlow, capture: Capture) -> Any:
-    """The answer as JSON: the body, or a stream's event payloads in order."""
-    if capture.streamed:
-        return None if capture.stream_body is None else read_answer(bytes(capture.stream_body), True)
-    assert flow.response is not None
-    return read_answer(flow.response.get_content(strict=False), False)
-
-
-def read_answer(body: bytes | None, streamed: bool) -> Any:
-    """A response body as JSON: the body itself, or an event stream's payloads in order."""
-    if not streamed:
-        return json_or_none(body)
-    reader = SSEReader()
-    events = [*reader.feed(body or b""), *reader.close()]
-    return [json_or_none(data.encode()) for _, data in events if data != "[DONE]"]
-
-
-def _output(capture: Capture, answer: Any) -> Output | None:
-    """What the answer says, if the provider can read outputs and there is an answer."""
-    read = getattr(capture.endpoint.provider, "read_output", None)
-    if read is None or answer is None:
-        return None
-    return read(capture.endpoint.api, answer)

@@ -18,22 +18,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from mitmproxy import http
 
-from collector.proxy.addons.recorder import CAPTURE_KEY, Capture
-from collector.proxy.failopen import fail_open
+from collector.proxy.call import CAPTURE_KEY, Capture
+from collector.proxy.model_rewrite import is_signed
+from collector.trust.failopen import fail_open
+from collector.wire.streams import StreamFn, joined
 
 STREAM_APIS = ("chat", "completions")
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
 _NULL_USAGE = (re.compile(rb',\s*"usage"\s*:\s*null'), re.compile(rb'"usage"\s*:\s*null\s*,\s*'))
 INJECTED_KEY = "llmtap.stream_usage"
-
-
-def is_signed(headers: http.Headers) -> bool:
-    """AWS SigV4 signs the body: changing it would make the request fail."""
-    return headers.get("authorization", "").startswith("AWS4-") or "x-amz-content-sha256" in headers
 
 
 class StreamUsage:
@@ -82,14 +79,14 @@ class StreamUsage:
 class UsageChunkFilter:
     """Wraps the recorder's stream tee; passes events on without what include_usage added."""
 
-    def __init__(self, inner: Callable[[bytes], bytes]) -> None:
+    def __init__(self, inner: StreamFn) -> None:
         self.inner = inner
         self.pending = b""
 
     def __call__(self, chunk: bytes) -> list[bytes]:
         """The cleaned whole events in ``chunk``. Never an empty ``bytes``: mitmproxy would
         send it as an empty HTTP/1.1 chunk, which ends the response body."""
-        data = self.pending + self.inner(chunk)
+        data = self.pending + joined(self.inner(chunk))
         if not chunk:  # end of stream: flush whatever is left
             self.pending = b""
             return [piece] if (piece := self._clean(data)) else []

@@ -1,4 +1,5 @@
-"""``recommend``: every route's recommendations, from the store or a calls frame."""
+"""One run of the recommender: :func:`recommend`, every route's records over a window, from
+the store or a calls frame."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import polars as pl
 
-from analytics.routing.opportunities import batch_api, prefix_hashes, prefix_repeats, prompt_caching
-from analytics.routing.record import Recommendation
-from analytics.routing.routes import ROUTE, route_profiles, shadow_evidence
-from analytics.routing.swaps import Route, model_swaps
-from analytics.store import db_path, instant, load
+from analytics.recommender.opportunities import batch_api, prefix_hashes, prefix_repeats, prompt_caching
+from analytics.recommender.record import Recommendation
+from analytics.recommender.routes import ROUTE, route_profiles, shadow_evidence
+from analytics.recommender.swaps import Route, model_swaps
+from analytics.source import db_path, instant, load
 from collector.pricing.book import PriceBook
 from collector.settings.config import RecommendSettings
 
@@ -45,10 +46,9 @@ def recommend(
     profiles = route_profiles(calls).collect()
     if profiles.is_empty():
         return []
-    window = (
-        start or profiles["first_at"].min(),
-        end or profiles["last_at"].max(),
-    )
+    first_at, last_at = profiles["first_at"].min(), profiles["last_at"].max()
+    assert isinstance(first_at, datetime) and isinstance(last_at, datetime)
+    window = (start or first_at, end or last_at)
     evidence = shadow_evidence(calls).collect()
     repeats = prefix_repeats(calls, prefixes) if prefixes is not None else None
     records: list[Recommendation] = []

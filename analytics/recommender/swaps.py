@@ -21,10 +21,10 @@ from typing import Any
 
 import polars as pl
 
-from analytics.routing.catalogue import ModelInfo, model_info, served_by
-from analytics.routing.costs import Savings, TokenMix, Volume, cost_per_1k
-from analytics.routing.record import Recommendation
-from analytics.routing.stats import samples_needed, wilson_interval
+from analytics.recommender.catalogue import ModelInfo, model_info, served_by
+from analytics.recommender.record import Recommendation
+from analytics.recommender.route_costs import Savings, TokenMix, Volume, cost_per_1k
+from analytics.recommender.stats import samples_needed, wilson_interval
 from collector.pricing.book import PriceBook
 from collector.settings.config import RecommendSettings
 
@@ -35,7 +35,7 @@ UNTESTED_PER_ROUTE = 2
 
 @dataclass(frozen=True)
 class Route:
-    """One route's measured facts (a row of :func:`analytics.routing.routes.route_profiles`)
+    """One route's measured facts (a row of :func:`analytics.recommender.routes.route_profiles`)
     and its priced baseline."""
 
     app: str | None

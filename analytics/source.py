@@ -35,11 +35,9 @@ from pathlib import Path
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from collector.settings.config import resolve_data_dir
+from collector.settings.paths import Paths, resolve_data_dir
 from collector.storage import schema
 from collector.storage.database import read_connection
-
-DB_NAME = "llmtap.duckdb"
 
 _POLARS_TYPES: dict[str, pl.DataType] = {
     "VARCHAR": pl.String(),
@@ -75,7 +73,7 @@ def db_path(data: str | Path | None = None) -> Path:
     """The store of a data directory (None: ``$LLMTAP_DATA_DIR``, else ``~/.llmtap``), or
     ``data`` itself when it names the ``.duckdb`` file."""
     path = Path(data).expanduser() if data is not None else resolve_data_dir(None)
-    return path if path.suffix == ".duckdb" else path / DB_NAME
+    return path if path.suffix == ".duckdb" else Paths(path).db
 
 
 def instant(value: datetime | str | None) -> datetime | None:

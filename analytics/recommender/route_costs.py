@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from analytics.routing.catalogue import prices_id
-from analytics.routing.stats import count_interval
-from collector.pricing.book import PriceBook, Rates
+from analytics.recommender.catalogue import prices_id
+from analytics.recommender.stats import count_interval
+from collector.pricing.book import PriceBook
+from collector.pricing.rates import Rates
 
 DAYS_PER_MONTH = 30
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from analytics.routing.record import Recommendation
+from analytics.recommender.record import Recommendation
 from collector.providers.base import FEATURES
-from collector.routing.rules import MODES, Match, Rule
+from collector.routing.rules import MODES, Match, Mode, Rule
 
 #: Share of callers a drafted canary starts with.
 CANARY_FRACTION = 0.1
@@ -31,7 +31,7 @@ def draft_rules(recs: Sequence[Recommendation], mode: str) -> list[Rule]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     wanted = "needs_evidence" if mode == "shadow" else "recommended"
-    return [_rule(rec, mode) for rec in recs if rec.kind == "model_swap" and rec.status == wanted]
+    return [_rule(rec, cast(Mode, mode)) for rec in recs if rec.kind == "model_swap" and rec.status == wanted]
 
 
 def rule_id(rec: Recommendation) -> str:
@@ -40,7 +40,7 @@ def rule_id(rec: Recommendation) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", " ".join(parts).lower()).strip("-")
 
 
-def _rule(rec: Recommendation, mode: str) -> Rule:
+def _rule(rec: Recommendation, mode: Mode) -> Rule:
     assert rec.candidate is not None
     without = tuple(f for f in FEATURES if f not in rec.features)
     covered = None if mode == "shadow" else rec.largest_prompt_tokens

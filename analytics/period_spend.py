@@ -1,8 +1,8 @@
 """Budget burn: what a period has spent so far, how fast, and where it will end.
 
-For the current hour, day, week or month (UTC; weeks start on Monday) at ``now``, per
-scope (``by``: nothing for the whole store, or e.g. ``app``, ``user``,
-``property:team``):
+For the current hour, day, week or month at ``now`` (UTC, as the proxy's budgets count
+them: :mod:`collector.budgets.periods`), per scope (``by``: nothing for the whole store,
+or e.g. ``app``, ``user``, ``property:team``):
 
 * ``spent_usd``: the exact cost of the calls started in ``[period_start, now)``;
 * ``run_rate_usd_per_hour``: spend per hour over ``[rate_from, now)``, where
@@ -24,18 +24,10 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from analytics.dimensions import TIME_BUCKETS, as_list
-from analytics.metrics import aggregate, count, money
-from analytics.store import instant
-
-
-def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
-    """The UTC ``period`` (hour, day, week or month) that contains ``now``: [start, end)."""
-    if period not in TIME_BUCKETS:
-        raise ValueError(f"period must be one of {', '.join(TIME_BUCKETS)}, got {period!r}")
-    moment = pl.Series([now.astimezone(UTC)])
-    start = moment.dt.truncate(TIME_BUCKETS[period])
-    return start[0], start.dt.offset_by(TIME_BUCKETS[period])[0]
+from analytics.dimensions import as_list
+from analytics.metrics import aggregate, count, known_sum
+from analytics.source import instant
+from collector.budgets.periods import period_window
 
 
 def burn(
@@ -51,13 +43,13 @@ def burn(
     if limit_usd is not None and limit_usd <= 0:
         raise ValueError(f"limit_usd must be positive, got {limit_usd}")
     moment = instant(now) or datetime.now(UTC)
-    start, end = period_bounds(period, moment)
+    start, end = period_window(period, moment.timestamp()).bounds()
     rate_from = start if lookback is None else moment - lookback
     started = pl.col("started_at")
     in_period = started >= start
     aggregates = [
         count(in_period).alias("calls"),
-        money(pl.col("cost_usd").filter(in_period)).alias("spent_usd"),
+        known_sum(pl.col("cost_usd").filter(in_period)).alias("spent_usd"),
         pl.col("cost_usd").filter(started >= rate_from).cast(pl.Float64).sum().alias("_rate_spend"),
     ]
     window = calls.filter((started >= min(start, rate_from)) & (started < moment))

@@ -21,7 +21,7 @@ class Recommendation:
     incumbent's, ``agreement_lower_bound`` its Wilson lower bound at ``confidence``.
     Costs are USD per 1,000 of the route's requests; monthly savings are low (the
     candidate's cache cold, low volume), mid (cache share and volume as observed) and
-    high (high volume) -- see :mod:`analytics.routing.costs`.
+    high (high volume) -- see :mod:`analytics.recommender.route_costs`.
     """
 
     kind: str

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import polars as pl
 
-from analytics.routing.catalogue import batch_discount, prices_id
-from analytics.routing.costs import Savings
-from analytics.routing.record import Recommendation
-from analytics.routing.routes import ROUTE, production
-from analytics.routing.swaps import Route
+from analytics.recommender.catalogue import batch_discount, prices_id
+from analytics.recommender.record import Recommendation
+from analytics.recommender.route_costs import Savings
+from analytics.recommender.routes import ROUTE, production
+from analytics.recommender.swaps import Route
 from collector.pricing.book import PriceBook
 from collector.storage.database import read_connection
 

@@ -1,0 +1,7 @@
+"""``python -m app.cli``, as the ``llmtap`` script."""
+
+import sys
+
+from app.cli import main
+
+sys.exit(main())

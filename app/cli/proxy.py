@@ -1,0 +1,63 @@
+"""`llmtap proxy`: the recording proxy, in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from app.cli.addresses import env_command
+from app.cli.exposure import PROXY_EXPOSURE, warn_if_exposed
+from app.cli.options import proxy_options
+from collector.settings.config import load_settings
+
+
+@click.command("proxy")
+@proxy_options(default_port=8080)
+def proxy_command(
+    host: str,
+    port: int,
+    data_dir: str | None,
+    upstreams: tuple[str, ...],
+    config: str | None,
+    rules: str | None,
+) -> int:
+    """Run the recording proxy in the foreground.
+
+    Prints its URL, CA bundle, store and the `eval "$(llmtap env ...)"` line that points a
+    shell at it; Ctrl-C (or SIGTERM) stores every pending call and stops.
+
+    \b
+    Examples:
+      llmtap proxy
+      llmtap proxy --port 9000 --upstream api.openai.com=http://127.0.0.1:9001
+    """
+    from collector.proxy.server import LlmtapProxy
+
+    settings = load_settings(
+        data_dir=data_dir,
+        config_file=config,
+        listen_host=host,
+        listen_port=port,
+        upstream_flags=list(upstreams),
+        rules_file=rules,
+    )
+    warn_if_exposed(settings.listen_host, settings.listen_port, PROXY_EXPOSURE)
+    proxy = LlmtapProxy(settings)
+
+    def announce(listening) -> None:
+        print(f"llmtap proxy listening on {listening.url}", flush=True)
+        print(f"CA bundle: {listening.ca_bundle}", flush=True)
+        print(f"store: {proxy.settings.paths.db}", flush=True)
+        print(f'point apps at it with: eval "$({env_command(settings, listening.port)})"', flush=True)
+
+    try:
+        asyncio.run(proxy.serve(announce))
+    except OSError as exc:
+        print(f"llmtap: error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        proxy.close()
+        return 1
+    saved = proxy.close()
+    print(f"llmtap: stopped; {proxy.recorder.calls_recorded} calls recorded", file=sys.stderr)
+    return 0 if saved else 1

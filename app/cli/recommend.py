@@ -1,0 +1,76 @@
+"""`llmtap recommend`: per route, the cheaper setups the recorded traffic proves safe."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+import click
+
+from app.cli.options import config_option, data_dir_option, format_option, rules_option, window_options
+from collector.settings.config import load_settings
+
+
+@click.command("recommend")
+@data_dir_option()
+@config_option("TOML config file ([recommend], [prices]; see README)")
+@window_options
+@format_option(("table", "json"), "table")
+@click.option(
+    "--write-rules",
+    "draft",
+    is_flag=True,
+    help="draft rules into the rules file, merged by rule id with the rules already there",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(("shadow", "canary", "enforce")),
+    default="shadow",
+    show_default=True,
+    help="drafted rules' mode: shadow (for swaps needing evidence), canary or enforce (for "
+    "recommended swaps)",
+)
+@rules_option("rules file to write (default: DATA_DIR/rules.yaml)")
+def recommend_command(
+    data_dir: str | None,
+    config: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    fmt: str,
+    draft: bool,
+    mode: str,
+    rules: str | None,
+) -> int:
+    """Cheaper models, caching, batch APIs per route, with evidence.
+
+    Recommend, per route (app + provider + model), what the recorded traffic proves safe: a
+    cheaper model whose shadow answers agreed with the incumbent's (Wilson lower bound at
+    least [recommend] min_agreement over at least min_samples), provider prompt caching, or
+    a batch API. Each record has its costs per 1k requests, projected monthly savings
+    (low/mid/high), latency change and risks. --write-rules drafts routing rules for review.
+
+    \b
+    Examples:
+      llmtap recommend
+      llmtap recommend --since 2026-03-01 --format json
+      llmtap recommend --write-rules --mode canary
+    """
+    from analytics.recommender import draft_rules, recommend
+    from app.recommend import draft_header, write
+    from collector.pricing.book import PriceBook
+    from collector.routing.rules import write_rules
+
+    settings = load_settings(data_dir=data_dir, config_file=config, rules_file=rules)
+    print(f"llmtap: analysing the calls in {settings.paths.db} ...", file=sys.stderr)
+    recs = recommend(settings.data_dir, since, until, settings.recommend, book=PriceBook(settings.prices))
+    window = f"{since.isoformat() if since else 'start'} to {until.isoformat() if until else 'now'}"
+    write(recs, fmt, f"llmtap recommend, {window} (UTC)")
+    if draft:
+        path = settings.paths.rules
+        drafted = draft_rules(recs, mode)
+        total = len(write_rules(path, drafted, draft_header()))
+        print(
+            f"llmtap: drafted {len(drafted)} {mode} rules into {path} ({total} rules in all); review them",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,113 @@
+"""The state of one call in flight, shared by the pipeline's stages through ``flow.metadata``.
+
+Each stage writes only its own part, under its own key, and may read the others':
+
+* :data:`METADATA_KEY`: the caller's metadata (:class:`~collector.storage.schema.CallMetadata`),
+  written by the metadata stage;
+* :data:`CAPTURE_KEY`: what the recorder knows of the call (:class:`Capture`): its provider
+  and API, the bodies, the facts read from them, and its cost once finished;
+* :data:`REWRITE_KEY`: the client's model when the call was sent to another one
+  (:class:`~collector.storage.schema.ModelRewrite`), written by
+  :func:`collector.proxy.model_rewrite.rewrite_model` for whichever stage rewrites;
+* :data:`ROUTING_KEY`: what a routing rule did (:class:`~collector.storage.schema.RoutingMarks`),
+  written by the router, which also sets it on the calls it makes itself before sending them;
+* :data:`COMPARISON_KEY`: a shadow copy's answer compared with its original's
+  (:class:`~collector.storage.schema.Comparison`), written by the comparison stage.
+
+The parts other than the capture are declared in :mod:`collector.storage.schema` as their
+columns; the recorder puts them in the call's row as they are when the call ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from mitmproxy import http
+
+from collector.providers import Endpoint, RequestFacts, ResponseFacts
+from collector.storage.schema import CallMetadata, RoutingMarks
+from collector.wire.bodies import json_or_none
+
+__all__ = [
+    "CAPTURE_KEY",
+    "COMPARED_ARMS",
+    "COMPARISON_KEY",
+    "METADATA_KEY",
+    "REWRITE_KEY",
+    "ROUTING_KEY",
+    "Capture",
+    "keeps_answer_text",
+    "made_by_llmtap",
+    "metadata_of",
+]
+
+CAPTURE_KEY = "llmtap.capture"
+METADATA_KEY = "llmtap.metadata"
+REWRITE_KEY = "llmtap.rewrite"
+ROUTING_KEY = "llmtap.routing"
+COMPARISON_KEY = "llmtap.comparison"
+
+#: Routing arms of the calls llmtap makes itself (copies, judge calls, retries).
+OWN_CALL_ARMS = frozenset({"shadow", "noise_floor", "judge", "retry"})
+#: Routing arms whose answers are compared or read (a sampled live call, its copies, a judge call).
+COMPARED_ARMS = frozenset({"live", "shadow", "noise_floor", "judge"})
+
+
+@dataclass(slots=True)
+class Capture:
+    """The recorder's part: everything it knows about one call while it is in flight."""
+
+    endpoint: Endpoint
+    method: str
+    host: str
+    path: str
+    started: float
+    traceparent: str | None
+    secrets: list[str]
+    #: The capture mode keeps bodies and the request is not one whose bodies are withheld
+    #: (more secret values than privacy.MAX_SECRET_VALUES).
+    keep_bodies: bool
+    #: The body as the client sent it (stages may change what goes upstream).
+    request_body: bytes = b""
+    #: Read from the body when first asked for (:attr:`request`); most calls are never asked.
+    parsed_request: RequestFacts | None = None
+    response: ResponseFacts = field(default_factory=ResponseFacts)
+    streamed: bool = False
+    first_byte: float | None = None
+    stream_body: bytearray | None = None
+    completed_at: float | None = None
+    done: bool = False
+    #: Set when the call is finished, for stages that act on spend (budgets, spend caps).
+    cost_usd: Decimal | None = None
+    #: Known from the start so that other calls (shadow copies, retries) can refer to it.
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def request(self) -> RequestFacts:
+        """What the client asked for. Read on first use: routing rules, budgets and the
+        stream-usage option ask in flight; for other calls the spool loader reads it."""
+        if self.parsed_request is None:
+            endpoint, body = self.endpoint, json_or_none(self.request_body)
+            self.parsed_request = endpoint.provider.read_request(endpoint.api, self.path, body)
+        return self.parsed_request
+
+
+def metadata_of(flow: http.HTTPFlow) -> CallMetadata:
+    """The caller's metadata (empty for a flow the metadata stage has not seen)."""
+    return flow.metadata.get(METADATA_KEY) or CallMetadata()
+
+
+def made_by_llmtap(flow: http.HTTPFlow) -> bool:
+    """A call llmtap sends itself (a shadow copy, judge call or retry), not the app's."""
+    marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
+    return marks is not None and marks.routing_arm in OWN_CALL_ARMS
+
+
+def keeps_answer_text(flow: http.HTTPFlow) -> bool:
+    """The answer's text is needed in flight (to compare it, or read a judge's verdict), whatever
+    the capture mode: the recorder keeps a stream's text for these calls (never storing it
+    when the mode keeps no bodies)."""
+    marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
+    return marks is not None and marks.routing_arm in COMPARED_ARMS
