@@ -21,8 +21,8 @@ import analytics
 from analytics.anomalies import METRICS as ANOMALY_METRICS
 from analytics.source import SCHEMA
 from analytics.synthetic import START, generate, write_store
-from app import report
 from app.cli import main
+from app.terminal import spend_report as report
 from collector.budgets.periods import period_window
 from collector.pricing.book import PriceBook
 from collector.providers import builtin_providers

@@ -75,7 +75,7 @@ def test_loader_stores_what_a_killed_proxy_sealed_and_exits(tmp_path, upstream):
 def test_a_loader_that_grew_exits_for_a_fresh_one_after_loading(tmp_path, monkeypatch):
     """With any growth counting as too much, the loader loads the sealed file, then asks to be
     replaced; what it loaded is in the store exactly once."""
-    from collector.storage import loader as ingest_worker
+    from collector.storage import loader
     from collector.storage.database import Ingester, read_connection
     from collector.storage.spool import Spool
 
@@ -86,12 +86,12 @@ def test_a_loader_that_grew_exits_for_a_fresh_one_after_loading(tmp_path, monkey
     call = {"call_id": "c1", "started_at": "2026-01-01T00:00:00+00:00", "provider": "openai"}
     spool.append(json.dumps(call).encode() + b"\n")
     spool.seal()
-    monkeypatch.setattr(ingest_worker, "RECYCLE_GROWTH_BYTES", -1)
+    monkeypatch.setattr(loader, "RECYCLE_GROWTH_BYTES", -1)
     read_end, write_end = os.pipe()
     os.write(write_end, b".")  # the first batch sets the baseline
     os.write(write_end, b".")
     try:
-        assert ingest_worker.serve(ingester, read_end) == ingest_worker.RECYCLE_EXIT
+        assert loader.serve(ingester, read_end) == loader.RECYCLE_EXIT
     finally:
         os.close(read_end)
         os.close(write_end)

@@ -341,7 +341,7 @@ def test_spans_exported_over_otlp(tmp_path, upstream):
             code = proxy.stop()  # SIGTERM: the batch processor flushes on shutdown
         assert code == 0, proxy.log.read_text()
         assert collector.paths and set(collector.paths) == {"/v1/traces"}, collector.paths
-        received = collector.calls.spans()
+        received = collector.spans()
 
     matching = [(res, s) for res, s in received if s.span_id.hex() == call["span_id"]]
     assert len(matching) == 1, [s.span_id.hex() for _, s in received]
@@ -395,7 +395,7 @@ def test_traces_endpoint_variable_is_the_full_url(tmp_path, upstream, monkeypatc
             code = proxy.stop()  # SIGTERM: the batch processor flushes on shutdown
         assert code == 0, proxy.log.read_text()
         assert collector.paths and set(collector.paths) == {"/otel/spans"}, collector.paths
-        received = collector.calls.spans()
+        received = collector.spans()
     (span,) = [s for _, s in received if s.span_id.hex() == call["span_id"]]
     attrs = attributes(span.attributes)
     assert attrs["gen_ai.request.stream"] is True

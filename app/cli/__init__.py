@@ -1,7 +1,7 @@
 """The ``llmtap`` command line: a click group, one module per command.
 
 Each command module only parses and wires: the work is in the modules it calls
-(``app.report``, ``collector.proxy``, ...). The options several commands share are declared
+(``app.terminal.spend_report``, ``collector.proxy``, ...). The options several commands share are declared
 once, in :mod:`app.cli.options`.
 """
 

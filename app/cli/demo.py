@@ -29,7 +29,7 @@ def demo_command(data_dir: str | None, calls: int, concurrency: int, port: int, 
       llmtap demo
       llmtap demo --calls 50 --no-ui --data-dir /tmp/llmtap-demo
     """
-    from app.demo import run_demo
+    from app.demo.tour import run_demo
     from collector.proxy.server import ProxyStartError
 
     try:

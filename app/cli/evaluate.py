@@ -45,7 +45,7 @@ def evaluate_command(
       OPENAI_API_KEY=sk-... llmtap evaluate
       llmtap evaluate --rule cheaper-summaries --since 2026-03-01 --limit 200
     """
-    from app.evaluate import evaluate
+    from app.terminal.evaluation import evaluate
 
     settings = load_settings(
         data_dir=data_dir, config_file=config, upstream_flags=list(upstreams), rules_file=rules

@@ -56,7 +56,7 @@ def recommend_command(
       llmtap recommend --write-rules --mode canary
     """
     from analytics.recommender import draft_rules, recommend
-    from app.recommend import draft_header, write
+    from app.terminal.recommendations import draft_header, write
     from collector.pricing.book import PriceBook
     from collector.routing.rules import write_rules
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import click
 
 from app.cli.options import data_dir_option, format_option, window_options
-from app.report import FORMATS, METRICS, PERIODS, VIEWS, build, parse_by, title, write
+from app.terminal.spend_report import FORMATS, METRICS, PERIODS, VIEWS, build, parse_by, title, write
 from collector.settings.paths import Paths, resolve_data_dir
 from collector.storage.spool import Quarantine
 

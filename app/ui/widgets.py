@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from app.ui import budget_status, data, routing
+from app.ui import budget_status, data, recommendations_data
 from app.ui.format import count, usd
 from app.ui.launch import CONFIG_ENV
 from app.ui.safe import md, printable
@@ -93,8 +93,8 @@ def blocked(view: data.View) -> pl.DataFrame:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Running the routing recommender...")
-def recommendations(view: data.View, settings: Settings) -> routing.Routing:
-    return routing.routing(view, settings)
+def recommendations(view: data.View, settings: Settings) -> recommendations_data.Routing:
+    return recommendations_data.routing(view, settings)
 
 
 def sidebar(settings: Settings) -> data.View:

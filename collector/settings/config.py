@@ -281,7 +281,7 @@ class RecommendSettings(Table):
 
     ``candidates`` maps an incumbent model to the models to consider for it; the key
     ``"*"`` (a plain list in the file) applies to every incumbent. Empty: every cheaper
-    model of the catalogue (analytics/routing/models.toml) behind the same provider."""
+    model of the catalogue (analytics/recommender/models.toml) behind the same provider."""
 
     confidence: Fraction = 0.95
     min_agreement: Fraction = 0.95

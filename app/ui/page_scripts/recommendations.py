@@ -5,7 +5,7 @@ import polars as pl
 import streamlit as st
 
 import analytics
-from app.ui import routing, widgets
+from app.ui import recommendations_data, widgets
 from app.ui.format import count, percent, usd
 from app.ui.safe import md, printable, printable_frame
 from collector.routing.rules import RulesError, dump_rules, load_rules, write_rules
@@ -96,7 +96,7 @@ st.subheader("Write rules")
 path = settings.paths.rules
 action = st.radio(
     "Action",
-    routing.ACTIONS,
+    recommendations_data.ACTIONS,
     horizontal=True,
     key="rules_action",
     help="draft: only show the rules; shadow: copy calls needing evidence to the candidate; canary: "
@@ -125,5 +125,5 @@ confirmed = st.checkbox(
     key="confirm_rules",
 )
 if st.button("Write rules", disabled=not confirmed, key="write_rules"):
-    merged = write_rules(path, drafted, routing.RULES_HEADER)
+    merged = write_rules(path, drafted, recommendations_data.RULES_HEADER)
     st.success(f"Wrote {len(drafted)} {action} rules to {md(path)}; it now holds {len(merged)} rules.")

@@ -1,4 +1,4 @@
-"""Budgets: spend limits enforced at the proxy, per UTC hour, day or month.
+"""The budget guard stage: spend limits enforced at the proxy, per UTC hour, day or month.
 
 Each ``[budgets."NAME"]`` table of the config covers some calls (all of them, or those of
 an app, a user, a property value) and may give each app, user or property value its own
@@ -20,7 +20,9 @@ a log line at once, and from a background thread (off the request path) the stat
 the dashboard reads and an optional webhook.
 
 Totals count finished calls, so calls in flight when a limit is reached may take the
-spend past it.
+spend past it. Calls llmtap makes itself (shadow copies, judge calls, retries) are neither
+checked nor counted: a rule's own spend cap governs them. The limits themselves (scopes,
+totals, alerts) are :mod:`collector.budgets`.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def write(recs: list[Recommendation], fmt: str, heading: str, out: TextIO | None
     out = out or sys.stdout
     if fmt == "json":
         from analytics.recommender import recommendations_frame
-        from app.report import _records
+        from app.terminal.spend_report import _records
 
         document = {"title": heading, "recommendations": _records(recommendations_frame(recs))}
         out.write(json.dumps(document, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """``llmtap demo``: a populated store, and the dashboard on it, without any API key.
 
-It starts :class:`~app.demo_provider.DemoProvider` (a local OpenAI- and
+It starts :class:`~app.demo.fake_provider.DemoProvider` (a local OpenAI- and
 Anthropic-compatible server) and a real llmtap proxy sending ``api.openai.com`` and
 ``api.anthropic.com`` to it, then drives a few minutes' worth of traffic from four
 "apps" (:data:`APPS`) through the proxy with the official ``openai`` and
@@ -35,7 +35,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.demo_provider import CHARS_PER_TOKEN, MODELS, WORDS, DemoProvider
+from app.demo.fake_provider import CHARS_PER_TOKEN, MODELS, WORDS, DemoProvider
 from collector.pricing.book import PriceBook
 from collector.proxy.certs import client_env
 from collector.proxy.server import serving_in_background
