@@ -105,13 +105,9 @@ def order(frame: pl.LazyFrame, by: str | Sequence[str], rank_by: str | None) -> 
     return frame.sort(columns, descending=descending, nulls_last=True)
 
 
-#: routing_arm of the calls the proxy makes to evaluate models, not for the app.
-SHADOW_ARMS = EVALUATION_ARMS
-
-
 def is_shadow() -> pl.Expr:
-    """A call the proxy made to evaluate a model (see SHADOW_ARMS), not for the app."""
-    return pl.col("routing_arm").is_in(SHADOW_ARMS).fill_null(False) | pl.col("shadow_of").is_not_null()
+    """A call the proxy made to evaluate a model (``EVALUATION_ARMS``), not for the app."""
+    return pl.col("routing_arm").is_in(EVALUATION_ARMS).fill_null(False) | pl.col("shadow_of").is_not_null()
 
 
 def spend(

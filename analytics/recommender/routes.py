@@ -2,7 +2,7 @@
 
 A route is an app plus the provider and the model its requests ask for (the model the
 client asked for, ``routed_from_model`` when llmtap rewrote it). Production traffic is
-every call but the evaluation calls (:data:`analytics.metrics.SHADOW_ARMS`); the proxy's rewritten
+every call but the evaluation calls (:data:`collector.routing.rules.EVALUATION_ARMS`); the proxy's rewritten
 and retried calls are production. Each shadow copy (``shadow_of`` = the original call)
 is attributed to its original's route, so evidence and traffic line up.
 """

@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from analytics.metrics import SHADOW_ARMS
 from analytics.source import load
 from collector.routing.evaluate import EvaluateError, Triage, missing_key, send_copies, triage
+from collector.routing.rules import EVALUATION_ARMS
 from collector.settings.config import Settings
 
 __all__ = ["EvaluateError", "evaluate"]
@@ -71,7 +71,7 @@ def _summary(data_dir: Path, started: datetime, originals: list[str]) -> pl.Data
     failed, and what they cost."""
     return (
         load(data_dir, since=started)
-        .filter(pl.col("routing_arm").is_in(SHADOW_ARMS) & pl.col("shadow_of").is_in(originals))
+        .filter(pl.col("routing_arm").is_in(EVALUATION_ARMS) & pl.col("shadow_of").is_in(originals))
         .group_by("routing_rule", "routing_arm", pl.col("request_model").alias("model"))
         .agg(
             copies=pl.len(),

@@ -27,12 +27,12 @@ from decimal import Decimal
 from mitmproxy import http
 
 from collector.providers import Endpoint, RequestFacts, ResponseFacts
+from collector.routing.rules import COMPARED_ARMS, OWN_CALL_ARMS
 from collector.storage.schema import CallMetadata, RoutingMarks
 from collector.wire.bodies import json_or_none
 
 __all__ = [
     "CAPTURE_KEY",
-    "COMPARED_ARMS",
     "COMPARISON_KEY",
     "METADATA_KEY",
     "REWRITE_KEY",
@@ -48,11 +48,6 @@ METADATA_KEY = "llmtap.metadata"
 REWRITE_KEY = "llmtap.rewrite"
 ROUTING_KEY = "llmtap.routing"
 COMPARISON_KEY = "llmtap.comparison"
-
-#: Routing arms of the calls llmtap makes itself (copies, judge calls, retries).
-OWN_CALL_ARMS = frozenset({"shadow", "noise_floor", "judge", "retry"})
-#: Routing arms whose answers are compared or read (a sampled live call, its copies, a judge call).
-COMPARED_ARMS = frozenset({"live", "shadow", "noise_floor", "judge"})
 
 
 @dataclass(slots=True)

@@ -43,6 +43,11 @@ Feature = Literal[FEATURES]  # type: ignore[valid-type]
 #: ``routing_arm`` values of the calls llmtap itself makes to evaluate a model (shadow copies,
 #: copies to the incumbent for the noise floor, judge calls): shadow spend, not the app's.
 EVALUATION_ARMS = ("shadow", "noise_floor", "judge")
+#: ``routing_arm`` values of every call llmtap makes itself: the evaluation calls and retries.
+OWN_CALL_ARMS = (*EVALUATION_ARMS, "retry")
+#: ``routing_arm`` values of the calls whose answers are read in flight: a sampled live call
+#: (its answer is the incumbent) and the evaluation calls.
+COMPARED_ARMS = ("live", *EVALUATION_ARMS)
 
 
 class RulesError(ValueError):
