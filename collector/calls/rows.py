@@ -79,14 +79,15 @@ class Observed:
     def clean(self, secrets: Sequence[str] = ()) -> None:
         """Pass every field from outside through the boundary (:mod:`collector.trust.boundary`):
         the path, errors, the facts read from streams and every part's fields (the metadata, a
-        rule's id...); each part is replaced by a cleaned copy, as the flow still holds it. The
-        bodies were cleaned as they were kept (:func:`collector.trust.privacy.stored_body`)."""
+        rule's id...); each filled part is replaced by a cleaned copy, as the flow still holds
+        it. The bodies were cleaned as they were kept (:func:`collector.trust.privacy.stored_body`)."""
         for name in _OUTSIDE_FIELDS:
             setattr(self, name, json_value(getattr(self, name), secrets))
-        for name in _PARTS:
+        for name, part_type in _PARTS.items():
             part = getattr(self, name)
-            values = {f.name: json_value(getattr(part, f.name), secrets) for f in fields(part)}
-            setattr(self, name, type(part)(**values))
+            values = {column: getattr(part, column) for column in _PART_COLUMNS[name]}
+            if any(values.values()):  # a part no stage filled in holds nothing to clean
+                setattr(self, name, part_type(**{k: json_value(v, secrets) for k, v in values.items()}))
 
     def spool_line(self) -> bytes:
         """The spool line that carries this call to the loader, which builds its row."""
@@ -119,6 +120,7 @@ _PARTS: dict[str, type] = {
     "routing": RoutingMarks,
     "comparison": Comparison,
 }
+_PART_COLUMNS = {name: tuple(f.name for f in fields(part)) for name, part in _PARTS.items()}
 
 
 def _plain(value: Any) -> Any:
