@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from analytics.recommender.catalogue import batch_discount, prices_id
-from analytics.recommender.record import Recommendation
+from analytics.recommender.record import Kind, Recommendation
 from analytics.recommender.route_costs import Savings
 from analytics.recommender.routes import ROUTE, production
 from analytics.recommender.swaps import Route
@@ -156,7 +156,7 @@ def batch_api(route: Route, confidence: float) -> Iterator[Recommendation]:
     )
 
 
-def _record(route: Route, kind: str, confidence: float) -> Recommendation:
+def _record(route: Route, kind: Kind, confidence: float) -> Recommendation:
     return Recommendation(
         kind=kind,
         status="needs_evidence",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Literal
 
 import polars as pl
 
-KINDS = ("model_swap", "prompt_caching", "batch_api")
-STATUSES = ("recommended", "needs_evidence", "rejected")
+#: What a record proposes, and where the evidence leaves it.
+Kind = Literal["model_swap", "prompt_caching", "batch_api"]
+Status = Literal["recommended", "needs_evidence", "rejected"]
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,8 @@ class Recommendation:
     high (high volume) -- see :mod:`analytics.recommender.route_costs`.
     """
 
-    kind: str
-    status: str
+    kind: Kind
+    status: Status
     reason: str
     app: str | None
     provider: str

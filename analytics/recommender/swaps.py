@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from analytics.recommender.catalogue import ModelInfo, model_info, served_by
-from analytics.recommender.record import Recommendation
+from analytics.recommender.record import Recommendation, Status
 from analytics.recommender.route_costs import Savings, TokenMix, Volume, cost_per_1k
 from analytics.recommender.stats import samples_needed, wilson_interval
 from collector.pricing.book import PriceBook
@@ -209,7 +209,7 @@ def _decide(
     bounds: tuple[float, float],
     per_1k: float | None,
     settings: RecommendSettings,
-) -> tuple[str, str]:
+) -> tuple[Status, str]:
     """(status, reason): the first check that settles the record, in order of what no
     amount of evidence can fix (capability, price) to what more evidence can."""
     if gaps := capability_gaps(route, info):

@@ -231,7 +231,6 @@ class Ingester:
         self.db_path = db_path
         #: The config's price overrides, for the rows of observed calls (see collector.calls.rows).
         self.price_overrides = dict(price_overrides or {})
-        self.rows_ingested = 0
         self._failing: str | None = None
         self._builder: RowBuilder | None = None
 
@@ -268,7 +267,7 @@ class Ingester:
             with connect_writer(self.db_path) as con:
                 _create_tables(con)  # cheap, and recreates a store that was moved away
                 for path in files:
-                    self.rows_ingested += ingest_file(con, path, self._rows)
+                    ingest_file(con, path, self._rows)
                     path.unlink(missing_ok=True)
         except Exception as exc:
             if is_lock_conflict(exc):
