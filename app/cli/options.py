@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from app.cli.addresses import DEFAULT_HOST
+from collector.settings.config import Settings, load_settings
 from collector.storage.export import parse_instant
 from collector.trust import logs
 
@@ -88,6 +89,25 @@ def _verbose(ctx: click.Context, param: click.Parameter, verbose: bool) -> None:
     raises it to DEBUG."""
     if verbose:
         logs.setup(verbose=True)
+
+
+def proxy_settings(
+    host: str,
+    port: int | None,
+    data_dir: str | None,
+    upstreams: tuple[str, ...],
+    config: str | None,
+    rules: str | None,
+) -> Settings:
+    """The settings :func:`proxy_options` give a command (the config file's, then the flags')."""
+    return load_settings(
+        data_dir=data_dir,
+        config_file=config,
+        listen_host=host,
+        listen_port=port,
+        upstream_flags=list(upstreams),
+        rules_file=rules,
+    )
 
 
 def proxy_options(default_port: int | None) -> Callable[[FC], FC]:

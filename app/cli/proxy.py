@@ -9,8 +9,7 @@ import click
 
 from app.cli.addresses import env_command
 from app.cli.exposure import PROXY_EXPOSURE, warn_if_exposed
-from app.cli.options import proxy_options
-from collector.settings.config import load_settings
+from app.cli.options import proxy_options, proxy_settings
 
 
 @click.command("proxy")
@@ -35,14 +34,7 @@ def proxy_command(
     """
     from collector.proxy.server import LlmtapProxy
 
-    settings = load_settings(
-        data_dir=data_dir,
-        config_file=config,
-        listen_host=host,
-        listen_port=port,
-        upstream_flags=list(upstreams),
-        rules_file=rules,
-    )
+    settings = proxy_settings(host, port, data_dir, upstreams, config, rules)
     warn_if_exposed(settings.listen_host, settings.listen_port, PROXY_EXPOSURE)
     proxy = LlmtapProxy(settings)
 

@@ -12,9 +12,8 @@ import click
 from app.cli.addresses import free_port, proxy_url
 from app.cli.exposure import PROXY_EXPOSURE, warn_if_exposed
 from app.cli.node import node_of, warn_if_old_node
-from app.cli.options import proxy_options
+from app.cli.options import proxy_options, proxy_settings
 from collector.proxy.certs import client_env
-from collector.settings.config import load_settings
 
 NOTHING_RECORDED_HINTS = (
     "llmtap: warning: no LLM calls were recorded. Does the app honour HTTPS_PROXY? Python's "
@@ -80,14 +79,7 @@ def run_command(
     from collector.proxy.server import ProxyStartError, serving_in_background
 
     port = port if port is not None else free_port(host)
-    settings = load_settings(
-        data_dir=data_dir,
-        config_file=config,
-        listen_host=host,
-        listen_port=port,
-        upstream_flags=list(upstreams),
-        rules_file=rules,
-    )
+    settings = proxy_settings(host, port, data_dir, upstreams, config, rules)
     warn_if_exposed(settings.listen_host, port, PROXY_EXPOSURE)
     node = node_of(list(cmd))
     node_warned = node is not None and warn_if_old_node(node)

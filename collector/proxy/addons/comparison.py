@@ -52,13 +52,13 @@ class CopyComparison:
             )
             return None
         if self.judge_model is None:
-            marks: RoutingMarks = flow.metadata[ROUTING_KEY]
-            if marks.routing_rule not in self._logged:
-                self._logged.add(marks.routing_rule or "")
+            rule = flow.metadata[ROUTING_KEY].routing_rule or ""
+            if rule not in self._logged:
+                self._logged.add(rule)
                 log.warning(
                     "routing rule %s: free-text answers are not compared: "
                     "set [routing] judge_model (logged once)",
-                    marks.routing_rule,
+                    rule,
                 )
             flow.metadata[COMPARISON_KEY] = Comparison(method, None)
             return None
