@@ -5,7 +5,8 @@ routing recommender stand on.
     calls = analytics.load("~/.llmtap", since="2026-11-01")     # a LazyFrame; nothing read yet
     analytics.spend(calls, by=["app", "property:team", "week"])  # reads the store once
 
-:func:`load` gives the store's calls as a LazyFrame; every analysis is a plain function
+:func:`load` gives the store's calls as a LazyFrame (:func:`load_scores` their scores, which
+:func:`import_feedback` adds to from a file); every analysis is a plain function
 of that frame (plus parameters) returning a DataFrame, built from Polars expressions
 (no Python loop over calls). The store is open only while a result is collected, for
 DuckDB's scan of the columns the analysis needs (see :mod:`analytics.source`), so
@@ -47,13 +48,14 @@ from analytics.recommender import (
     recommendations_frame,
     wilson_interval,
 )
-from analytics.source import SCHEMA, db_path, load
+from analytics.source import SCHEMA, SCORES_SCHEMA, db_path, import_feedback, load, load_scores
 from analytics.waste import waste, waste_flags
 
 __all__ = [
     "DIMENSIONS",
     "ERROR_KINDS",
     "SCHEMA",
+    "SCORES_SCHEMA",
     "TIME_BUCKETS",
     "TRUNCATION_REASONS",
     "Recommendation",
@@ -66,8 +68,10 @@ __all__ = [
     "draft_rules",
     "error_kind",
     "errors",
+    "import_feedback",
     "latency",
     "load",
+    "load_scores",
     "realised_savings",
     "recommend",
     "recommendations_frame",

@@ -38,6 +38,8 @@ from polars.io.plugins import register_io_source
 from collector.settings.paths import Paths, resolve_data_dir
 from collector.storage import schema
 from collector.storage.database import read_connection
+from collector.storage.feedback_import import Imported
+from collector.storage.feedback_import import import_feedback as _import_feedback
 
 _POLARS_TYPES: dict[str, pl.DataType] = {
     "VARCHAR": pl.String(),
@@ -148,3 +150,45 @@ def load(
     return register_io_source(
         read, schema=SCHEMA, is_pure=True, explain_name="llmtap", explain_detail=f"{db} {window}"
     )
+
+
+#: The ``scores`` table's columns and types (see :mod:`collector.calls.scores`).
+SCORES_SCHEMA = pl.Schema({name: _POLARS_TYPES[sql_type] for name, sql_type in schema.SCORES.items()})
+
+
+def load_scores(data: str | Path | None = None) -> pl.LazyFrame:
+    """Every score (graders' and feedback) as a LazyFrame of :data:`SCORES_SCHEMA`, read when
+    collected; empty for a store an llmtap without scores made. Join it to :func:`load`'s
+    calls on ``call_id`` (which also applies their window)."""
+    db = db_path(data)
+    if not db.exists():
+        raise FileNotFoundError(f"no llmtap store at {db}: start `llmtap proxy` (or pass --data-dir)")
+
+    def read(
+        with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
+    ) -> Iterator[pl.DataFrame]:
+        columns = list(SCORES_SCHEMA) if with_columns is None else with_columns
+        select = ", ".join(f'"{name}"' for name in columns)
+        with read_connection(db) as con:
+            con.execute("SET TimeZone = 'UTC'")
+            known = con.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_name = 'scores'"
+            ).fetchall()
+            table = con.sql(f"SELECT {select} FROM scores").to_arrow_table() if known else None
+        frame = pl.DataFrame(schema={c: SCORES_SCHEMA[c] for c in columns})
+        if table is not None:
+            read_frame = pl.from_arrow(table)
+            assert isinstance(read_frame, pl.DataFrame)
+            frame = read_frame.cast({c: SCORES_SCHEMA[c] for c in columns})
+        if predicate is not None:
+            frame = frame.filter(predicate)
+        yield frame.head(n_rows) if n_rows is not None else frame
+
+    return register_io_source(read, schema=SCORES_SCHEMA, is_pure=True, explain_name="llmtap scores")
+
+
+def import_feedback(file: str | Path, data: str | Path | None = None) -> Imported:
+    """Import the app's scores of recorded calls from ``file`` (CSV ``call_id,name,value`` or
+    JSON Lines) into the store of ``data`` (as ``llmtap feedback import``): valid lines about
+    recorded calls are stored, the others listed in the result's ``refused``."""
+    return _import_feedback(Path(file), Paths(db_path(data).parent))

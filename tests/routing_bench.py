@@ -113,3 +113,17 @@ def openrouter(routes: dict[str, list[BenchPrompt]]) -> Callable[[Received], Rep
         )
 
     return reply
+
+
+_BY_KEY: dict[tuple[str, str], BenchPrompt] = {}
+
+
+def correctness(request: dict | None, answer: str) -> float:
+    """A grader (``kind = "python"``) that knows the recorded correctness: 1 when ``answer`` is
+    what the data records a model giving as a right answer to the request's prompt, else 0."""
+    if not _BY_KEY:
+        _BY_KEY.update({(system_prompt(p.route), p.prompt): p for ps in load_routes().values() for p in ps})
+    messages = (request or {}).get("messages") or []
+    system, user = (m.get("content") for m in messages[:2])
+    prompt = _BY_KEY[(system, user)]
+    return float(any(prompt.correct[model] and prompt.answer(model) == answer for model in _COLUMNS))

@@ -5,6 +5,7 @@ of each page kept as a test artefact ($LLMTAP_TEST_ARTIFACTS, else tests/artifac
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -99,8 +101,16 @@ def store(demo_data: Path) -> dict[str, float]:
 OPEN_WAIT_MS = 60_000
 
 
+#: Run before a page's scripts: no native "Save as" dialog (headless chromium has one that never
+#: answers), so a table's "Download as CSV" takes Streamlit's fallback, a plain download.
+NO_SAVE_PICKER = (
+    "window.showSaveFilePicker = async () => { throw new TypeError('no file picker in tests'); };"
+)
+
+
 def open_page(browser, url: str, path: str, title: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    page.add_init_script(NO_SAVE_PICKER)
     page.goto(f"{url}/{path}")
     page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=OPEN_WAIT_MS)
     # The script has finished once Streamlit's status widget ("Running...") is gone.
@@ -216,3 +226,79 @@ def test_a_page_opened_by_its_url_on_a_fresh_server_has_its_sidebar(demo_data, b
             assert not page.locator('[data-testid="stException"]').count()
         finally:
             page.close()
+
+
+#: The scores the Calls page test gives one call, in the order inserted: a feedback score, and
+#: a grader's failure made a second earlier (the page lists them oldest first).
+SCORES = [
+    ("helpful", 0.75, "feedback", 2, None),
+    ("correct", None, "grader", 1, "grader timed out after 30 s"),
+]
+
+
+def test_calls_page_lists_a_calls_scores_and_a_graders_failure(
+    browser, tmp_path: Path, demo_data: Path
+) -> None:
+    """A call with a feedback score and a failed grader: the call's Scores tab lists both,
+    oldest first (the failure with its error, also said in a warning); a call without scores
+    says it has none. The table is a canvas: its content is read through its CSV download."""
+    from playwright.sync_api import expect
+
+    from collector.storage.database import ensure_schema
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(demo_data, data_dir)  # the shared demo store keeps its numbers for the other tests
+    db = data_dir / "llmtap.duckdb"
+    ensure_schema(db)  # the scores table, whether or not the demo's proxy made it
+    with duckdb.connect(str(db)) as con:
+        (scored, started), (unscored, _) = con.execute(
+            "SELECT call_id, started_at FROM llm_calls ORDER BY started_at DESC LIMIT 2"
+        ).fetchall()
+        for name, value, source, after_s, error in SCORES:
+            created = started + timedelta(seconds=after_s)
+            con.execute(
+                "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?)", [scored, name, value, source, created, error]
+            )
+    with running_dashboard(data_dir) as url:
+        page = open_page(browser, url, "calls", "Calls")
+        try:
+            pick_call(page, scored)
+            page.get_by_role("tab", name="Scores").click()
+            panel = page.get_by_role("tabpanel").filter(visible=True)
+            failure = "Grader correct could not score this call: grader timed out after 30 s"
+            expect(panel.get_by_text(failure)).to_be_visible()
+            grid = panel.locator('[data-testid="stDataFrame"]')
+            grid.hover()  # shows the table's toolbar
+            with page.expect_download() as download:
+                grid.get_by_role("button", name="Download as CSV").click()
+            with open(download.value.path(), newline="") as csv_file:
+                rows = list(csv.DictReader(csv_file))
+            assert [(r["name"], r["value"], r["source"], r["error"]) for r in rows] == [
+                ("correct", "", "grader", "grader timed out after 30 s"),
+                ("helpful", "0.75", "feedback", ""),
+            ]
+            assert rows[0]["created_at"] < rows[1]["created_at"]
+
+            pick_call(page, unscored)
+            page.get_by_role("tab", name="Scores").click()
+            expect(
+                page.get_by_role("tabpanel").filter(visible=True).get_by_text("No scores for this call")
+            ).to_be_visible()
+            assert not page.locator('[data-testid="stException"]').count()
+        finally:
+            page.close()
+
+
+def pick_call(page, call_id: str) -> None:
+    """Choose ``call_id`` in the Calls page's "Call" box (typed, as a person would), and wait
+    for the page to run with it."""
+    from playwright.sync_api import expect
+
+    box = page.get_by_role("combobox", name="Call", exact=True)
+    box.click()
+    page.keyboard.type(call_id)
+    page.keyboard.press("Enter")
+    expect(box).to_have_value(call_id)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=OPEN_WAIT_MS
+    )

@@ -5,11 +5,13 @@ DuckDB stores."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -22,6 +24,7 @@ from analytics.recommender.route_costs import TokenMix, Volume, cost_per_1k, cos
 from analytics.recommender.stats import samples_needed, wilson_interval
 from analytics.recommender.swaps import Route, capability_gaps
 from app.cli import main
+from app.terminal.recommendations import evidence
 from collector.pricing.book import PriceBook
 from collector.pricing.rates import Rates
 from collector.routing.rules import Match, Rule, dump_rules, load_rules, parse_rules
@@ -333,6 +336,53 @@ def test_cli_table_and_json(tmp_path, capsys):
     (rec,) = [r for r in document["recommendations"] if r["candidate"] == "gpt-4o-mini"]
     assert rec["status"] == "recommended" and rec["shadow_samples"] == 73
     assert rec["window_start"].startswith("2026-03-02T00:00:00")
+
+
+def test_cli_table_and_json_say_what_a_scored_swap_rests_on(tmp_path, capsys):
+    """Scored answers decide the swap: the table shows the score, its mean difference and lower
+    bound in percentage points, and its samples instead of the agreement; JSON has the fields."""
+    data = evidence_store(tmp_path, 73, 0)
+    with duckdb.connect(str(data / "llmtap.duckdb")) as con:
+        for i in range(73):
+            for call_id, value in ((f"c{i}", 0.5), (f"shadow{i}-gpt-4o-mini", 0.8)):
+                con.execute(
+                    "INSERT INTO scores VALUES (?, 'helpful', ?, 'feedback', ?, NULL)",
+                    [call_id, value, T0 + timedelta(minutes=i, seconds=30)],
+                )
+    assert main(["recommend", "--data-dir", str(data)]) == 0
+    table = capsys.readouterr().out
+    assert "agreement or quality (lower bound)" in table
+    line = next(line for line in table.splitlines() if "gpt-4o -> gpt-4o-mini" in line)
+    assert re.search(r"helpful: \+30\.0% \(>= \+\d+\.\d%\) on 73 paired samples", line), line
+    assert "100.0% (>=" not in line  # the agreement no longer decides
+    assert main(["recommend", "--data-dir", str(data), "--format", "json"]) == 0
+    (rec,) = [
+        r for r in json.loads(capsys.readouterr().out)["recommendations"] if r["candidate"] == "gpt-4o-mini"
+    ]
+    assert (
+        rec["evidence"] == "paired_scores" and rec["score_name"] == "helpful" and rec["score_samples"] == 73
+    )
+    assert rec["quality_difference"] == pytest.approx(0.3)
+    assert 0 < rec["quality_difference_lower_bound"] <= 0.3
+
+
+def test_table_evidence_text_for_each_kind_of_evidence():
+    base = Recommendation(**{f.name: None for f in fields(Recommendation)})
+    agreement = replace(base, evidence="agreement", agreement=0.973, agreement_lower_bound=0.95)
+    assert evidence(agreement) == "97.3% (>= 95.0%)"
+    assert evidence(replace(base, kind="batch_api")) == "-"
+    arms = replace(
+        base,
+        evidence="arm_scores",
+        score_name="thumbs\x1b[2J",
+        score_samples=1310,
+        quality_difference=-0.00004,
+        quality_difference_lower_bound=-0.021,
+    )
+    assert evidence(arms) == "thumbs\\x1b[2J: +0.0% (>= -2.1%) on 1,310 canary/control samples"
+    assert evidence(replace(arms, score_samples=0, quality_difference=None)) == (
+        "thumbs\\x1b[2J: no canary/control samples yet"
+    )
 
 
 def test_cli_rejects_a_bad_recommend_table(tmp_path, capsys):

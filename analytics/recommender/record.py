@@ -12,6 +12,9 @@ import polars as pl
 #: What a record proposes, and where the evidence leaves it.
 Kind = Literal["model_swap", "prompt_caching", "batch_api"]
 Status = Literal["recommended", "needs_evidence", "rejected"]
+#: What a model swap's decision rests on: the candidate's agreement with the incumbent, or
+#: scores of the answers, paired on the same prompts or from a canary's two arms.
+Evidence = Literal["agreement", "paired_scores", "arm_scores"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,8 @@ class Recommendation:
     how sure the recommender is, and what it would save.
 
     ``agreement`` is the share of shadow samples whose answer agreed with the
-    incumbent's, ``agreement_lower_bound`` its Wilson lower bound at ``confidence``.
+    incumbent's, ``agreement_lower_bound`` its Wilson lower bound at ``confidence``. Where
+    the answers are scored, ``evidence`` says so and the ``quality_*`` fields decide.
     Costs are USD per 1,000 of the route's requests; monthly savings are low (the
     candidate's cache cold, low volume), mid (cache share and volume as observed) and
     high (high volume) -- see :mod:`analytics.recommender.route_costs`.
@@ -56,6 +60,14 @@ class Recommendation:
     noise_floor: float | None = None
     #: needs_evidence swaps: shadow samples still to collect (at the agreement so far).
     more_samples_needed: int | None = None
+    #: Model swaps: what the decision rests on; with scores, the score (its name) that decided
+    #: (the one with the lowest lower bound), its samples, and the mean difference candidate
+    #: minus incumbent with its lower confidence bound (a confidence sequence at ``confidence``).
+    evidence: Evidence | None = None
+    score_name: str | None = None
+    score_samples: int | None = None
+    quality_difference: float | None = None
+    quality_difference_lower_bound: float | None = None
 
 
 #: The frame's columns: every field of Recommendation, in order.
@@ -88,6 +100,11 @@ SCHEMA = pl.Schema(
         "largest_prompt_tokens": pl.Int64(),
         "noise_floor": pl.Float64(),
         "more_samples_needed": pl.Int64(),
+        "evidence": pl.String(),
+        "score_name": pl.String(),
+        "score_samples": pl.Int64(),
+        "quality_difference": pl.Float64(),
+        "quality_difference_lower_bound": pl.Float64(),
     }
 )
 

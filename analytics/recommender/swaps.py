@@ -1,11 +1,17 @@
-"""Model swaps per route: candidates, their cost, their shadow evidence, and the decision.
+"""Model swaps per route: candidates, their cost, their evidence, and the decision.
 
-A swap is recommended only when the route's own traffic proves it: at least
-``min_samples`` shadow samples, and the Wilson lower bound of their agreement with the
-incumbent at ``min_agreement`` or above (both from ``[recommend]``, see
-:class:`collector.settings.config.RecommendSettings`). Otherwise the record says what is missing
-(``needs_evidence``: more samples, or a shadow rule to collect them) or why the swap is
-off (``rejected``: agreement too low, a capability the route needs, not cheaper).
+A swap is recommended only when the route's own traffic proves it (settings from
+``[recommend]``, see :class:`collector.settings.config.RecommendSettings`):
+
+* where its answers are scored (graders, feedback: :mod:`analytics.recommender.quality`), on
+  quality: for every score name, at least ``min_samples`` samples and the lower confidence
+  bound of the mean difference (candidate minus incumbent) above ``-max_quality_loss``;
+* elsewhere, on agreement: at least ``min_samples`` shadow samples and the Wilson lower
+  bound of their agreement with the incumbent at ``min_agreement`` or above.
+
+Otherwise the record says what is missing (``needs_evidence``: more samples, or a shadow
+rule to collect them) or why the swap is off (``rejected``: quality or agreement too low, a
+capability the route needs, not cheaper).
 
 The comparison's noise floor (the incumbent shadowed against itself) is reported, not
 subtracted: subtracting it would credit the candidate with disagreements that may be
@@ -92,21 +98,29 @@ class Route:
 
 
 def model_swaps(
-    route: Route, evidence: pl.DataFrame, settings: RecommendSettings, book: PriceBook
+    route: Route,
+    evidence: pl.DataFrame,
+    settings: RecommendSettings,
+    book: PriceBook,
+    quality: pl.DataFrame | None = None,
 ) -> Iterator[Recommendation]:
-    """The swap records of one route; ``evidence`` is its rows of ``shadow_evidence``."""
+    """The swap records of one route; ``evidence`` is its rows of ``shadow_evidence``,
+    ``quality`` its rows of :func:`analytics.recommender.quality.quality_evidence`."""
+    scored: dict[str, list[dict[str, Any]]] = {}
+    for row in (quality if quality is not None else pl.DataFrame()).iter_rows(named=True):
+        scored.setdefault(row["candidate"], []).append(row)
     by_candidate = {row["candidate"]: row for row in evidence.iter_rows(named=True)}
     noise = by_candidate.pop(route.incumbent, None)
     configured = settings.candidates.get(route.incumbent, settings.candidates.get("*", ()))
-    proposals = [*by_candidate, *configured]
+    proposals = [*by_candidate, *scored, *configured]
     records = [
-        _swap(route, candidate, by_candidate.get(candidate), noise, settings, book)
+        _swap(route, candidate, by_candidate.get(candidate), noise, settings, book, scored.get(candidate, []))
         for candidate in dict.fromkeys(proposals)
         if candidate not in settings.exclude
     ]
     if not proposals:
         untested = (
-            _swap(route, info.name, None, noise, settings, book)
+            _swap(route, info.name, None, noise, settings, book, [])
             for info in served_by(route.provider)
             if info.name not in settings.exclude and info.name != route.incumbent
         )
@@ -148,6 +162,7 @@ def _swap(
     noise: Mapping[str, Any] | None,
     settings: RecommendSettings,
     book: PriceBook,
+    scores: list[dict[str, Any]],
 ) -> Recommendation:
     info = model_info(route.provider, candidate)
     samples = shadow["samples"] if shadow else 0
@@ -168,8 +183,14 @@ def _swap(
     agreement = agreements / samples if samples else None
     low, high = wilson_interval(agreements, samples, settings.confidence)
     noise_floor = noise["agreements"] / noise["samples"] if noise and noise["samples"] else None
-    status, reason = _decide(route, candidate, info, samples, agreement, (low, high), per_1k, settings)
-    more = more_samples(samples, agreement, settings) if status == "needs_evidence" else None
+    # The score that binds: the lowest lower bound (a swap must hold on every score).
+    binding = min(scores, key=_lower_first) if scores else None
+    status, reason = _decide(
+        route, candidate, info, samples, agreement, (low, high), per_1k, settings, scores
+    )
+    more = (
+        more_samples(samples, agreement, settings) if status == "needs_evidence" and binding is None else None
+    )
     return Recommendation(
         kind="model_swap",
         status=status,
@@ -197,7 +218,17 @@ def _swap(
         largest_prompt_tokens=shadow["largest_prompt_tokens"] if shadow else None,
         noise_floor=noise_floor,
         more_samples_needed=more,
+        evidence=binding["evidence"] if binding else ("agreement" if shadow else None),
+        score_name=binding["name"] if binding else None,
+        score_samples=binding["samples"] if binding else None,
+        quality_difference=binding["mean_difference"] if binding else None,
+        quality_difference_lower_bound=binding["lower_bound"] if binding else None,
     )
+
+
+def _lower_first(row: Mapping[str, Any]) -> tuple[bool, float]:
+    """Rows without samples first (nothing is known), then by lower bound."""
+    return (row["samples"] > 0, row["lower_bound"] if row["lower_bound"] is not None else -1.0)
 
 
 def _decide(
@@ -209,6 +240,7 @@ def _decide(
     bounds: tuple[float, float],
     per_1k: float | None,
     settings: RecommendSettings,
+    scores: list[dict[str, Any]],
 ) -> tuple[Status, str]:
     """(status, reason): the first check that settles the record, in order of what no
     amount of evidence can fix (capability, price) to what more evidence can."""
@@ -218,6 +250,8 @@ def _decide(
         return "rejected", f'{candidate} has no known price (add [prices."{candidate}"] to the config)'
     if per_1k >= route.cost_per_1k:
         return "rejected", f"not cheaper: ${per_1k:.4f} vs ${route.cost_per_1k:.4f} per 1k requests"
+    if scores:
+        return _decide_on_scores(scores, settings)
     target = f"{settings.min_agreement:.0%}"
     if agreement is None:
         return (
@@ -234,6 +268,41 @@ def _decide(
         return "needs_evidence", f"{summary}; below {target} so far: more shadow samples will settle it"
     more = more_samples(samples, agreement, settings)
     return "needs_evidence", f"{summary}; {more} more shadow samples at this rate to show {target}"
+
+
+_EVIDENCE_NAMES = {"paired_scores": "paired", "arm_scores": "canary/control"}
+
+
+def _decide_on_scores(scores: list[dict[str, Any]], settings: RecommendSettings) -> tuple[Status, str]:
+    """Non-inferiority on every score name: the confidence sequence's lower bound of the mean
+    difference above ``-max_quality_loss`` with ``min_samples``; rejected once its upper bound
+    is below that (the candidate is shown to lose more)."""
+    margin = -settings.max_quality_loss
+    loss = f"{settings.max_quality_loss:.0%}"
+
+    def summary(row: Mapping[str, Any]) -> str:
+        kind = _EVIDENCE_NAMES[row["evidence"]]
+        if not row["samples"]:
+            return f"score {row['name']!r}: no {kind} samples yet"
+        return (
+            f"score {row['name']!r}: candidate {row['mean_difference']:+.1%} vs incumbent "
+            f"(bounds {row['lower_bound']:+.1%} to {row['upper_bound']:+.1%}) "
+            f"on {row['samples']} {kind} samples"
+        )
+
+    losing = [row for row in scores if row["samples"] and row["upper_bound"] < margin]
+    if losing:
+        return "rejected", f"loses quality: {summary(losing[0])}, more than {loss} worse"
+    pending = [row for row in scores if row["samples"] < settings.min_samples or row["lower_bound"] <= margin]
+    if not pending:
+        worst = min(scores, key=_lower_first)
+        return "recommended", (
+            f"{summary(worst)}: no more than {loss} worse at {settings.confidence:.0%} confidence"
+        )
+    row = min(pending, key=_lower_first)
+    if row["samples"] < settings.min_samples:
+        return "needs_evidence", f"{summary(row)}; at least {settings.min_samples} needed"
+    return "needs_evidence", f"{summary(row)}; not yet shown within {loss}: more samples will settle it"
 
 
 def more_samples(samples: int, agreement: float | None, settings: RecommendSettings) -> int:

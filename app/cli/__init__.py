@@ -16,6 +16,7 @@ from app.cli.demo import demo_command
 from app.cli.env import env_command
 from app.cli.evaluate import evaluate_command
 from app.cli.export import export_command
+from app.cli.feedback import feedback_command
 from app.cli.proxy import proxy_command
 from app.cli.recommend import recommend_command
 from app.cli.report import report_command
@@ -73,6 +74,7 @@ for command in (
     reprice_command,
     recommend_command,
     evaluate_command,
+    feedback_command,
     ui_command,
     demo_command,
 ):

@@ -1,6 +1,10 @@
 """``llmtap recommend``: the routing recommender's records as a table or JSON, and the
 header of the rules file its drafted rules are merged into
 (:func:`collector.routing.rules.write_rules`), which says it is a draft to review.
+
+The table's evidence column says what each swap's decision rests on: the agreement with the
+incumbent and its lower bound, or, where answers are scored, the binding score's mean
+difference (candidate minus incumbent, in percentage points), its lower bound and samples.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ DRAFT routing rules written by `llmtap recommend --write-rules` on {when}.
 Review every rule before relying on it: the proxy applies this file as soon as it changes.
 Each rule's `evidence` says what the recommender saw (agreement, samples, costs, risks).
 Rules with other ids were kept as they were."""
+#: Evidence from scores -> what its samples are (a shadow copy paired with its original, or
+#: a canary rule's two arms).
+SCORE_SAMPLES = {"paired_scores": "paired", "arm_scores": "canary/control"}
 
 
 def write(recs: list[Recommendation], fmt: str, heading: str, out: TextIO | None = None) -> None:
@@ -52,11 +59,6 @@ def _table(recs: list[Recommendation]):
     for name, justify in _COLUMNS:
         table.add_column(name, justify=justify)
     for rec in recs:
-        agreement = (
-            f"{rec.agreement:.1%} (>= {rec.agreement_lower_bound:.1%})"
-            if rec.agreement is not None and rec.agreement_lower_bound is not None
-            else "-"
-        )
         table.add_row(
             rec.status,
             rec.kind,
@@ -64,7 +66,7 @@ def _table(recs: list[Recommendation]):
             f"{rec.provider}: {rec.incumbent}" + (f" -> {rec.candidate}" if rec.candidate else ""),
             f"{rec.requests_seen:,}",
             f"{rec.shadow_samples:,}",
-            agreement,
+            evidence(rec),
             f"{rec.cost_per_1k_incumbent_usd:,.4f}",
             "-" if rec.cost_per_1k_candidate_usd is None else f"{rec.cost_per_1k_candidate_usd:,.4f}",
             f"{rec.monthly_savings_usd_low:,.2f} / {rec.monthly_savings_usd_mid:,.2f} / "
@@ -75,6 +77,32 @@ def _table(recs: list[Recommendation]):
     return table
 
 
+def evidence(rec: Recommendation) -> str:
+    """What the record's decision rests on, compactly: ``97.3% (>= 95.0%)`` (agreement and
+    its lower bound), ``helpful: +26.7% (>= +13.0%) on 131 paired samples`` (a score), or ``-``."""
+    samples = SCORE_SAMPLES.get(rec.evidence or "")
+    if samples is None:
+        if rec.agreement is None or rec.agreement_lower_bound is None:
+            return "-"
+        return f"{rec.agreement:.1%} (>= {rec.agreement_lower_bound:.1%})"
+    from app.terminal.spend_report import printable
+
+    name = printable(rec.score_name or "(unnamed score)")  # a feedback name is the app's
+    if not rec.score_samples or rec.quality_difference is None:
+        return f"{name}: no {samples} samples yet"
+    bound = (
+        ""
+        if rec.quality_difference_lower_bound is None
+        else f" (>= {_points(rec.quality_difference_lower_bound)})"
+    )
+    return f"{name}: {_points(rec.quality_difference)}{bound} on {rec.score_samples:,} {samples} samples"
+
+
+def _points(difference: float) -> str:
+    """A difference of shares as signed percentage points (``+26.7%``; never ``-0.0%``)."""
+    return f"{round(difference * 100, 1) + 0.0:+.1f}%"
+
+
 _COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
     ("status", "left"),
     ("kind", "left"),
@@ -82,7 +110,7 @@ _COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
     ("route", "left"),
     ("requests", "right"),
     ("samples", "right"),
-    ("agreement (lower bound)", "right"),
+    ("agreement or quality (lower bound)", "right"),
     ("$/1k now", "right"),
     ("$/1k after", "right"),
     ("saved $/month low / mid / high", "right"),

@@ -379,18 +379,33 @@ def recent_calls(view: View, errors_only: bool = False, limit: int = 500) -> tup
     return matched.height, latest.with_columns(pl.col("cost_usd").cast(pl.Float64))
 
 
+#: A call's scores as the Calls page lists them: ``value`` in [0, 1], NULL when a grader
+#: failed (``error`` says why); ``source`` is ``grader`` or ``feedback``.
+SCORE_SCHEMA = pl.Schema(
+    {
+        "name": pl.String(),
+        "value": pl.Float64(),
+        "source": pl.String(),
+        "created_at": pl.Datetime("us", "UTC"),
+        "error": pl.String(),
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CallDetail:
-    """One call: its llm_calls row, its span (attributes decoded) and its stored bodies."""
+    """One call: its llm_calls row, its span (attributes decoded), its stored bodies and its
+    scores (:data:`SCORE_SCHEMA`, oldest first)."""
 
     call: dict[str, Any]
     span: dict[str, Any] | None
     bodies: dict[str, Any] | None
+    scores: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SCORE_SCHEMA))
 
 
 def call_detail(db: Path, call_id: str) -> CallDetail | None:
-    """The call ``call_id`` with its span and bodies (as stored under its capture mode);
-    None when there is no such call."""
+    """The call ``call_id`` with its span, bodies (as stored under its capture mode) and
+    scores; None when there is no such call."""
     with read_connection(db) as con:
         con.execute("SET TimeZone = 'UTC'")
         call = _one(con, "SELECT * FROM llm_calls WHERE call_id = ?", call_id)
@@ -398,9 +413,22 @@ def call_detail(db: Path, call_id: str) -> CallDetail | None:
             return None
         span = _one(con, "SELECT * EXCLUDE (call_id) FROM spans WHERE call_id = ?", call_id)
         bodies = _one(con, "SELECT * EXCLUDE (call_id) FROM call_bodies WHERE call_id = ?", call_id)
+        scores = _scores(con, call_id)
     if span is not None and span["attributes"] is not None:
         span["attributes"] = json.loads(span["attributes"])
-    return CallDetail(call=call, span=span, bodies=bodies)
+    return CallDetail(call=call, span=span, bodies=bodies, scores=scores)
+
+
+def _scores(con: Any, call_id: str) -> pl.DataFrame:
+    """The scores of ``call_id``, oldest first; none in a store made before scores existed
+    (no ``scores`` table, and a read-only connection cannot add it)."""
+    if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'scores'").fetchall():
+        return pl.DataFrame(schema=SCORE_SCHEMA)
+    rows = con.execute(
+        f"SELECT {', '.join(SCORE_SCHEMA)} FROM scores WHERE call_id = ? ORDER BY created_at, name",
+        [call_id],
+    ).fetchall()
+    return pl.DataFrame(rows, schema=SCORE_SCHEMA, orient="row")
 
 
 def _one(con: Any, sql: str, *params: Any) -> dict[str, Any] | None:

@@ -1,5 +1,6 @@
 """The Recommendations page's data and its one action: the routing recommender's records
-over the window, what canary rules realised, and writing drafted rules to the rules file.
+over the window, what canary rules realised, what each swap's decision rests on, and
+writing drafted rules to the rules file.
 
 The rules file (``Settings.paths.rules``) is what the proxy acts on and reloads when it
 changes, so the page writes it only after a person confirmed, with
@@ -15,6 +16,7 @@ import polars as pl
 import analytics
 from analytics.recommender import Recommendation
 from app.ui.data import View
+from app.ui.format import MISSING, count
 from collector.pricing.book import PriceBook
 from collector.settings.config import Settings
 
@@ -22,6 +24,9 @@ from collector.settings.config import Settings
 ACTIONS = ("draft", "shadow", "canary", "enforce")
 #: The rules file's header after the page wrote it (:func:`collector.routing.rules.write_rules`).
 RULES_HEADER = "written by the llmtap dashboard's Recommendations page"
+#: Evidence from scores -> what its samples are (a shadow copy paired with its original, or
+#: a canary rule's two arms).
+SCORE_SAMPLES = {"paired_scores": "paired", "arm_scores": "canary/control"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,4 +49,33 @@ def routing(view: View, settings: Settings) -> Routing:
         records=tuple(records),
         frame=analytics.recommendations_frame(records),
         realised=analytics.realised_savings(analytics.load(view.db, since=view.since)),
+    )
+
+
+def signed_percent(difference: float | None) -> str:
+    """A difference of shares (-1..1) as signed percentage points (``+26.7%``, ``-3.0%``)."""
+    if difference is None:
+        return MISSING
+    points = round(difference * 100, 1) + 0.0  # + 0.0: no "-0.0%"
+    return f"{points:+.1f}%"
+
+
+def quality(rec: Recommendation) -> str | None:
+    """What a swap decided on scores rests on, as plain text (``helpful: +26.7% (≥ +13.0%) on
+    131 paired samples``: the binding score's mean difference, candidate minus incumbent, and
+    its lower bound); None for a record decided on agreement, or not a swap."""
+    samples = SCORE_SAMPLES.get(rec.evidence or "")
+    if samples is None:
+        return None
+    name = rec.score_name or "(unnamed score)"
+    if not rec.score_samples or rec.quality_difference is None:
+        return f"{name}: no {samples} samples yet"
+    bound = (
+        ""
+        if rec.quality_difference_lower_bound is None
+        else f" (≥ {signed_percent(rec.quality_difference_lower_bound)})"
+    )
+    return (
+        f"{name}: {signed_percent(rec.quality_difference)}{bound} on "
+        f"{count(rec.score_samples)} {samples} samples"
     )

@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from collector.calls.scores import SCORE_KEY, loadable_score
 from collector.calls.spans import SpanRecorder
 from collector.pricing.book import PriceBook, cost_columns
 from collector.pricing.rates import Rates
@@ -256,8 +257,8 @@ def built_spool_file(
     sealed: Path, rows: Callable[[], RowBuilder] | None, set_aside: Callable[[bytes, str], None]
 ) -> Path:
     """A new ``built-*`` file beside ``sealed`` (the caller deletes it) holding a valid row line
-    for each of its lines: observed calls replaced by their rows, every row through the
-    boundary again (a file on disk is outside input too).
+    for each of its lines: observed calls replaced by their rows, every row (and score)
+    through the boundary again (a file on disk is outside input too).
 
     A call whose row cannot be built (a bug) is still stored, with what was observed of it. A
     line that is not a call at all (not JSON, not an object, no call id or start time) is
@@ -281,6 +282,8 @@ def built_spool_file(
 def _loadable_row(data: Any, builder: RowBuilder | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("a spool line must be a JSON object")
+    if SCORE_KEY in data:
+        return {SCORE_KEY: loadable_score(data[SCORE_KEY])}
     if OBSERVED_KEY in data:
         if builder is None:
             raise ValueError("an observed call and no row builder was given")

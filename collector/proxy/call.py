@@ -12,7 +12,11 @@ Each stage writes only its own part, under its own key, and may read the others'
 * :data:`ROUTING_KEY`: what a routing rule did (:class:`~collector.storage.schema.RoutingMarks`),
   written by the router, which also sets it on the calls it makes itself before sending them;
 * :data:`COMPARISON_KEY`: a shadow copy's answer compared with its original's
-  (:class:`~collector.storage.schema.Comparison`), written by the comparison stage.
+  (:class:`~collector.storage.schema.Comparison`), written by the comparison stage;
+* :data:`REFERENCE_KEY`: the reference answer the caller sent (``X-Llmtap-Reference``), for
+  graders, written by the metadata stage;
+* :data:`GRADING_KEY`: the graders that will score the call's answer, written by the grading
+  stage at ``request`` (so the recorder keeps a streamed answer's text).
 
 The parts other than the capture are declared in :mod:`collector.storage.schema` as their
 columns; the recorder puts them in the call's row as they are when the call ends.
@@ -34,7 +38,9 @@ from collector.wire.bodies import json_or_none
 __all__ = [
     "CAPTURE_KEY",
     "COMPARISON_KEY",
+    "GRADING_KEY",
     "METADATA_KEY",
+    "REFERENCE_KEY",
     "REWRITE_KEY",
     "ROUTING_KEY",
     "Capture",
@@ -48,6 +54,8 @@ METADATA_KEY = "llmtap.metadata"
 REWRITE_KEY = "llmtap.rewrite"
 ROUTING_KEY = "llmtap.routing"
 COMPARISON_KEY = "llmtap.comparison"
+REFERENCE_KEY = "llmtap.reference"
+GRADING_KEY = "llmtap.grading"
 
 
 @dataclass(slots=True)
@@ -101,8 +109,10 @@ def made_by_llmtap(flow: http.HTTPFlow) -> bool:
 
 
 def keeps_answer_text(flow: http.HTTPFlow) -> bool:
-    """The answer's text is needed in flight (to compare it, or read a judge's verdict), whatever
-    the capture mode: the recorder keeps a stream's text for these calls (never storing it
-    when the mode keeps no bodies)."""
+    """The answer's text is needed in flight (to compare or grade it, or read a judge's verdict),
+    whatever the capture mode: the recorder keeps a stream's text for these calls (never
+    storing it when the mode keeps no bodies)."""
+    if GRADING_KEY in flow.metadata:
+        return True
     marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
     return marks is not None and marks.routing_arm in COMPARED_ARMS

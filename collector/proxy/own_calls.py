@@ -15,6 +15,7 @@ imports none of them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from mitmproxy import connection, ctx, http
 from mitmproxy.addons.clientplayback import ReplayHandler
 
 from collector.providers import Endpoint
-from collector.providers.base import Output
+from collector.providers.base import Output, OutputReader
 from collector.proxy.call import CAPTURE_KEY, METADATA_KEY, ROUTING_KEY, Capture
 from collector.storage.schema import CallMetadata, RoutingMarks
 from collector.wire.bodies import json_or_none
@@ -35,6 +36,7 @@ __all__ = [
     "SEND_TIMEOUT_S",
     "CopyOrder",
     "answer_of",
+    "ask_model",
     "new_flow",
     "output_of",
     "read_answer",
@@ -116,3 +118,24 @@ def output_of(endpoint: Endpoint, answer: Any) -> Output | None:
         return None
     output: Output = read(endpoint.api, answer)
     return output
+
+
+async def ask_model(
+    original: http.Request,
+    endpoint: Endpoint,
+    model: str,
+    prompt: str,
+    metadata: CallMetadata,
+    marks: RoutingMarks,
+) -> str:
+    """Ask ``model`` one plain prompt on ``original``'s provider, path and credentials (how the
+    LLM judge is asked), as a call llmtap makes and records with ``marks``; its answer's text
+    ("" when it gave none)."""
+    provider: OutputReader = endpoint.provider  # type: ignore[assignment]
+    path, body = provider.prompt_request(endpoint.api, original.path, model, prompt)
+    request = original.copy()
+    request.path, request.content = path, json.dumps(body).encode()
+    flow = new_flow(request, metadata, marks)
+    await send(flow)
+    output = output_of(endpoint, answer_of(flow))
+    return output.text if output is not None else ""

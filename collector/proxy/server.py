@@ -26,6 +26,8 @@ from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
 from collector.proxy.addons.budget_guard import Budgets
 from collector.proxy.addons.comparison import CopyComparison
+from collector.proxy.addons.feedback import FeedbackEndpoint
+from collector.proxy.addons.grading import Grading
 from collector.proxy.addons.metadata import MetadataHeaders
 from collector.proxy.addons.quickack import QuickAck
 from collector.proxy.addons.recorder import Recorder
@@ -105,6 +107,10 @@ class LlmtapProxy:
         return [
             # First: the client's request body must not wait on llmtap's work.
             QuickAck(),
+            # Before any stage that reads calls: a feedback post is answered by the proxy
+            # itself (it never goes upstream), and the call ids it accepts are the ones the
+            # recorder (below) gave clients.
+            FeedbackEndpoint(self.spool, s.paths.db),
             # Before the recorder: the caller's metadata is part of every call's row.
             MetadataHeaders(s.default_app),
             # Before the recorder: a copy's verdict is part of the copy's own row, which the
@@ -117,6 +123,9 @@ class LlmtapProxy:
             *([self.budgets] if self.budgets is not None else []),
             # After the recorder (its capture and, at ``response``, the cost its spend caps count).
             self.router,
+            # After the router: a rewritten call or a copy is graded for its client's model
+            # (the route's); after the recorder: the row is written before grading starts.
+            Grading(s.graders, self.spool, s.routing.judge_model),
             # After any model rewrite: it edits the request as it will go upstream.
             StreamUsage(s.stream_usage),
             # Last on the request: where the request, as the stages left it, is sent.

@@ -30,6 +30,7 @@ The config file is TOML::
     [recommend]                 # the routing recommender (`llmtap recommend`, see RecommendSettings)
     confidence = 0.95           # of the Wilson interval on agreement
     min_agreement = 0.95        # its lower bound must reach this to recommend a swap
+    max_quality_loss = 0.02     # with scores: the candidate may lose at most this much (lower bound)
     min_samples = 30            # and at least this many shadow samples
     candidates = ["gpt-4o-mini"]   # or per incumbent: {"gpt-4o" = ["gpt-4o-mini"]}; default: the catalogue
     exclude = ["gpt-3.5-turbo"]    # never proposed
@@ -38,6 +39,11 @@ The config file is TOML::
     rules = "rules.yaml"        # default: DATA_DIR/rules.yaml; --rules FILE wins
     judge_model = "gpt-4.1-mini"  # compares free-text shadow answers; unset: they are not compared
     noise_floor_fraction = 0.02 # share of shadowed calls also copied to their own model
+
+    [graders."correct"]         # scores answers in [0, 1] off the request path (see collector/grading)
+    kind = "python"             # reference | json_schema | regex | judge | python | http
+    function = "my_app.grading:score"
+    apps = ["checkout"]         # optional: only these apps' calls (and their shadow copies)
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from pydantic import (
     model_validator,
 )
 
+from collector.grading.graders import GraderSpec, GraderTables, graders_from_table
 from collector.pricing.rates import Rates, tier_ref
 from collector.settings.paths import Paths, resolve_data_dir
 from collector.settings.validation import (
@@ -277,7 +284,8 @@ def _every_incumbent(candidates: Any) -> Any:
 
 class RecommendSettings(Table):
     """The ``[recommend]`` table: how much shadow evidence a model swap needs, and which
-    models may be proposed.
+    models may be proposed. Scores, where a route has them, decide on ``max_quality_loss``
+    at ``confidence`` (see analytics/recommender/quality.py); agreement decides elsewhere.
 
     ``candidates`` maps an incumbent model to the models to consider for it; the key
     ``"*"`` (a plain list in the file) applies to every incumbent. Empty: every cheaper
@@ -285,6 +293,9 @@ class RecommendSettings(Table):
 
     confidence: Fraction = 0.95
     min_agreement: Fraction = 0.95
+    #: Where answers are scored (graders, feedback): how much lower the candidate's mean score
+    #: may be than the incumbent's (0.02: two points on a 0-1 score).
+    max_quality_loss: Fraction = 0.02
     min_samples: Annotated[int, Strict(), Field(ge=1, description="a positive whole number")] = 30
     candidates: Annotated[dict[str, tuple[Item, ...]], BeforeValidator(_every_incumbent)] = Field(
         default_factory=dict,
@@ -340,6 +351,7 @@ class ConfigFile(Table):
         default=RoutingSpec(),
         description='a table like {rules = "rules.yaml", judge_model = "gpt-4.1-mini"}',
     )
+    graders: GraderTables = Field(default_factory=dict)
 
 
 class Settings(Table):
@@ -361,6 +373,8 @@ class Settings(Table):
     stream_usage: dict[str, bool] = Field(default_factory=dict)
     #: Spend limits from the config's ``[budgets."NAME"]`` tables, in file order.
     budgets: tuple[BudgetSpec, ...] = ()
+    #: Graders from the config's ``[graders."NAME"]`` tables, in file order.
+    graders: tuple[GraderSpec, ...] = ()
     recommend: RecommendSettings = RecommendSettings()
     routing: RoutingSpec = RoutingSpec()
 
@@ -404,6 +418,7 @@ def load_settings(
         "prices": {model: table.rates(model) for model, table in file.prices.items()},
         "stream_usage": file.stream_usage,
         "budgets": tuple(BudgetSpec(name=name, **dict(table)) for name, table in file.budgets.items()),
+        "graders": graders_from_table(file.graders),
         "recommend": file.recommend,
         "routing": routing,
     }

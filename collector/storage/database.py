@@ -114,7 +114,13 @@ def read_connection(db_path: Path, timeout: float = LOCK_WAIT_S) -> Iterator[duc
 def _spool_columns() -> str:
     body = ", ".join(f"{c} {t}" for c, t in schema.CALL_BODIES.items() if c != "call_id")
     span = ", ".join(f"{c} {t}" for c, t in schema.SPANS.items() if c != "call_id")
-    cols = {**schema.LLM_CALLS, "body": f"STRUCT({body})", "span": f"STRUCT({span})"}
+    score = ", ".join(f"{c} {t}" for c, t in schema.SCORES.items())
+    cols = {
+        **schema.LLM_CALLS,
+        "body": f"STRUCT({body})",
+        "span": f"STRUCT({span})",
+        "score": f"STRUCT({score})",
+    }
     return "{" + ", ".join(f"'{c}': '{t}'" for c, t in cols.items()) + "}"
 
 
@@ -151,13 +157,15 @@ def ingest_file(
                 con.rollback()
                 return 0
             calls = ", ".join(schema.LLM_CALLS)
-            con.execute(f"INSERT INTO llm_calls SELECT {calls} FROM batch")
+            con.execute(f"INSERT INTO llm_calls SELECT {calls} FROM batch WHERE score IS NULL")
             body_cols = ", ".join(f"body.{c}" for c in schema.CALL_BODIES if c != "call_id")
             con.execute(
                 f"INSERT INTO call_bodies SELECT call_id, {body_cols} FROM batch WHERE body IS NOT NULL"
             )
             span_cols = ", ".join("call_id" if c == "call_id" else f"span.{c}" for c in schema.SPANS)
             con.execute(f"INSERT INTO spans SELECT {span_cols} FROM batch WHERE span IS NOT NULL")
+            score_cols = ", ".join(f"score.{c}" for c in schema.SCORES)
+            con.execute(f"INSERT INTO scores SELECT {score_cols} FROM batch WHERE score IS NOT NULL")
             row = con.execute("SELECT count(*) FROM batch").fetchone()
             assert row is not None  # count(*) always yields a row
             (added,) = row

@@ -139,12 +139,26 @@ SPANS: dict[str, str] = {
     "attributes": "JSON",
 }
 
-#: Each spool line is one JSON object: the llm_calls columns at the top level, plus
-#: ``body`` (CALL_BODIES minus call_id, or null) and ``span`` (SPANS minus call_id).
+#: A score of one call's answer, in [0, 1]: from a grader the proxy ran on it, or feedback the
+#: app posted (``source``). A grader that could not score leaves ``value`` NULL and says why
+#: in ``error``, so failures are counted, not lost (see :mod:`collector.calls.scores`).
+SCORES: dict[str, str] = {
+    "call_id": "VARCHAR",
+    "name": "VARCHAR",
+    "value": "DOUBLE",
+    "source": "VARCHAR",
+    "created_at": "TIMESTAMPTZ",
+    "error": "VARCHAR",
+}
+
+#: Each spool line is one JSON object: either a call, with the llm_calls columns at the top
+#: level plus ``body`` (CALL_BODIES minus call_id, or null) and ``span`` (SPANS minus
+#: call_id), or a score: ``{"score": {SCORES columns}}``.
 TABLES: dict[str, dict[str, str]] = {
     "llm_calls": LLM_CALLS,
     "call_bodies": CALL_BODIES,
     "spans": SPANS,
+    "scores": SCORES,
 }
 
 

@@ -1,6 +1,7 @@
 """Calls: a filterable table of the latest calls, and one call in detail (its span's
-attributes and its bodies as the capture mode stored them)."""
+attributes, its bodies as the capture mode stored them, and its scores)."""
 
+import polars as pl
 import streamlit as st
 
 from app.ui import widgets
@@ -56,7 +57,7 @@ cells[4].metric("Call cost", usd(call["cost_usd"]))
 if call["error"]:
     st.error(md(call["error"]))
 
-record, span, bodies = st.tabs(["Record", "Span", "Bodies"])
+record, span, bodies, scores = st.tabs(["Record", "Span", "Bodies", "Scores"])
 with record:
     st.json(
         printable_tree(
@@ -88,3 +89,22 @@ with bodies:
                 st.code(printable(detail.bodies[part]), language="json")
             else:
                 st.caption("not stored")
+with scores:
+    if detail.scores.is_empty():
+        st.info(
+            "No scores for this call: graders in the config (`[graders.NAME]`) score answers, and the "
+            "app can post feedback (see `llmtap feedback --help`)."
+        )
+    else:
+        st.dataframe(
+            printable_frame(detail.scores),
+            hide_index=True,
+            column_config={
+                "value": st.column_config.NumberColumn("value", format="%.3f", help="from 0 to 1"),
+                "created_at": st.column_config.DatetimeColumn("scored (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                "error": st.column_config.TextColumn("error", help="why a grader could not score"),
+            },
+        )
+        for failed in detail.scores.filter(pl.col("value").is_null()).iter_rows(named=True):
+            reason = md(failed["error"] or "no reason given")
+            st.warning(f"Grader {md(failed['name'])} could not score this call: {reason}")

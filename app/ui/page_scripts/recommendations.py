@@ -1,5 +1,6 @@
-"""Recommendations: the routing recommender's records with their evidence, what canary
-rules saved, and actions that write drafted rules to the rules file after confirmation."""
+"""Recommendations: the routing recommender's records with their evidence (agreement, or
+scores where answers are scored), what canary rules saved, and actions that write drafted
+rules to the rules file after confirmation."""
 
 import polars as pl
 import streamlit as st
@@ -33,7 +34,9 @@ cells[2].metric(
 
 st.dataframe(
     printable_frame(
-        frame.select(
+        frame.with_columns(
+            pl.Series("quality", [recommendations_data.quality(r) for r in found.records], pl.String)
+        ).select(
             "status",
             "kind",
             "app",
@@ -44,6 +47,7 @@ st.dataframe(
             "shadow_samples",
             "agreement",
             "agreement_lower_bound",
+            "quality",
             "monthly_savings_usd_low",
             "monthly_savings_usd_mid",
             "monthly_savings_usd_high",
@@ -54,6 +58,11 @@ st.dataframe(
     column_config={
         "agreement": st.column_config.NumberColumn("agreement", format="percent"),
         "agreement_lower_bound": st.column_config.NumberColumn("agreement (lower bound)", format="percent"),
+        "quality": st.column_config.TextColumn(
+            "quality (lower bound)",
+            help="where answers are scored, the decision rests on this: the score's mean difference, "
+            "candidate minus incumbent, in percentage points, and its lower confidence bound",
+        ),
         **{
             c: st.column_config.NumberColumn(
                 c.removeprefix("monthly_savings_usd_") + " $/month", format="dollar"
@@ -74,14 +83,28 @@ labels = [  # selectbox options are plain text: only control characters need esc
 ]
 chosen = found.records[labels.index(st.selectbox("Record", labels, key="record"))]
 record_cells = st.columns(4)
-record_cells[0].metric(
-    "Agreement", percent(chosen.agreement), help=f"{count(chosen.shadow_samples)} shadow samples"
-)
-record_cells[1].metric(
-    "Agreement lower bound",
-    percent(chosen.agreement_lower_bound),
-    help=f"at {percent(chosen.confidence)} confidence",
-)
+samples = recommendations_data.SCORE_SAMPLES.get(chosen.evidence or "")
+if samples is None:  # decided on agreement with the incumbent (or not a swap)
+    record_cells[0].metric(
+        "Agreement", percent(chosen.agreement), help=f"{count(chosen.shadow_samples)} shadow samples"
+    )
+    record_cells[1].metric(
+        "Agreement lower bound",
+        percent(chosen.agreement_lower_bound),
+        help=f"at {percent(chosen.confidence)} confidence",
+    )
+else:  # decided on scores: the one with the lowest lower bound
+    record_cells[0].metric(
+        "Quality vs incumbent",
+        recommendations_data.signed_percent(chosen.quality_difference),
+        help=f"mean difference of score {md(chosen.score_name)}, candidate minus incumbent, on "
+        f"{count(chosen.score_samples)} {samples} samples",
+    )
+    record_cells[1].metric(
+        "Quality lower bound",
+        recommendations_data.signed_percent(chosen.quality_difference_lower_bound),
+        help=f"at {percent(chosen.confidence)} confidence",
+    )
 record_cells[2].metric("Cost per 1k requests", usd(chosen.cost_per_1k_incumbent_usd), help="the incumbent's")
 record_cells[3].metric("Candidate cost per 1k", usd(chosen.cost_per_1k_candidate_usd))
 st.markdown(md(chosen.reason))  # reasons and risks name models and apps

@@ -13,15 +13,14 @@ dictionary lookup.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Awaitable
 
 from mitmproxy import http
 
-from collector.providers.base import Output, OutputReader
+from collector.providers.base import Output
 from collector.proxy.call import CAPTURE_KEY, COMPARISON_KEY, ROUTING_KEY, Capture, metadata_of
-from collector.proxy.own_calls import ORDER_KEY, CopyOrder, answer_of, new_flow, output_of, send
+from collector.proxy.own_calls import ORDER_KEY, CopyOrder, answer_of, ask_model, output_of
 from collector.routing import compare
 from collector.storage.schema import Comparison, RoutingMarks
 from collector.trust.failopen import fail_open
@@ -75,16 +74,8 @@ class CopyComparison:
     async def _ask(self, copy: http.HTTPFlow, order: CopyOrder, prompt: str) -> str:
         """One judge call, sent and recorded as a call llmtap makes; its answer's text."""
         assert self.judge_model is not None
-        provider: OutputReader = order.endpoint.provider  # type: ignore[assignment]
-        path, body = provider.prompt_request(
-            order.endpoint.api, order.original.path, self.judge_model, prompt
-        )
-        request = order.original.copy()
-        request.path, request.content = path, json.dumps(body).encode()
         marks: RoutingMarks = copy.metadata[ROUTING_KEY]
-        judge = new_flow(
-            request, metadata_of(copy), RoutingMarks(marks.routing_rule, "judge", shadow_of=marks.shadow_of)
+        judge = RoutingMarks(marks.routing_rule, "judge", shadow_of=marks.shadow_of)
+        return await ask_model(
+            order.original, order.endpoint, self.judge_model, prompt, metadata_of(copy), judge
         )
-        await send(judge)
-        output = output_of(order.endpoint, answer_of(judge))
-        return output.text if output is not None else ""

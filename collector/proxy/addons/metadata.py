@@ -1,4 +1,7 @@
-"""The contract's ``X-Llmtap-*`` request headers: read into the flow, never sent upstream."""
+"""The contract's ``X-Llmtap-*`` request headers: read into the flow, never sent upstream.
+
+``X-Llmtap-Reference`` (the answer the caller expects, for graders that compare with a
+reference) is kept for the call in flight only; it is not a column."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from operator import itemgetter
 
 from mitmproxy import http
 
-from collector.proxy.call import METADATA_KEY
+from collector.proxy.call import METADATA_KEY, REFERENCE_KEY
 from collector.storage.schema import CallMetadata
 from collector.trust import boundary
 
@@ -48,6 +51,8 @@ class MetadataHeaders:
                 meta.user_id = value
             elif lower == b"x-llmtap-session":
                 meta.session_id = value
+            elif lower == b"x-llmtap-reference":
+                flow.metadata[REFERENCE_KEY] = value
             elif lower.startswith(PROPERTY_PREFIX) and len(meta.properties) < MAX_PROPERTIES:
                 key = lower[len(PROPERTY_PREFIX) :].decode("utf-8", "surrogateescape")
                 meta.properties[boundary.text(key, limit=PROPERTY_NAME_LIMIT)] = value

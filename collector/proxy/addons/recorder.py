@@ -3,8 +3,9 @@
 Hooks, in the order mitmproxy calls them:
 
 * ``request``: match the host and path to a provider; read the model and stream flag.
-* ``responseheaders``: for an event stream, install a :class:`StreamTee` so each chunk
-  goes on to the client at once while a copy is parsed for usage.
+* ``responseheaders``: tell the client the call's id (``X-Llmtap-Call-Id``, which feedback
+  refers to); for an event stream, install a :class:`StreamTee` so each chunk goes on to
+  the client at once while a copy is parsed for usage.
 * ``response`` / ``error``: finish the call: build the row and its span and append it to
   the spool. mitmproxy runs ``response`` before the client is sent the end of the
   response, so a call the client has fully received is always already spooled.
@@ -45,6 +46,8 @@ from collector.wire.sse import SSEReader
 
 log = logging.getLogger("llmtap.recorder")
 
+#: The response header that tells the client its call's id.
+CALL_ID_HEADER = "X-Llmtap-Call-Id"
 #: Where the other stages' parts of the call state are, by Observed field.
 _PARTS = {"rewrite": REWRITE_KEY, "routing": ROUTING_KEY, "comparison": COMPARISON_KEY}
 
@@ -163,6 +166,7 @@ class Recorder:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None or flow.response is None:
             return
+        flow.response.headers[CALL_ID_HEADER] = capture.call_id
         content_type = first_header(flow.response, b"content-type") or ""
         reader = STREAM_READERS.get(content_type.split(";")[0].strip().lower())
         if reader is None:
