@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tflow
 
+from collector.calls.scores import NAME_LIMIT, SOURCES
 from collector.calls.spans import SpanRecorder
 from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
@@ -285,6 +286,7 @@ def test_hostile_calls_are_relayed_unchanged_stored_once_and_keep_no_secret(
                         "observed",
                         "usage_raw",
                         "ended_at",
+                        "score",
                     ]
                 ),
                 st.one_of(
@@ -304,6 +306,20 @@ def test_hostile_calls_are_relayed_unchanged_stored_once_and_keep_no_secret(
                 st.text(min_size=1, max_size=10),
                 wild_text,
             ),
+            st.builds(
+                lambda score: json.dumps({"score": score}, allow_nan=True).encode("utf-8", "surrogatepass"),
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "call_id": wild_text,
+                        "name": wild_text,
+                        "value": numbers | st.booleans() | wild_text,
+                        "source": st.sampled_from(["grader", "feedback", "other"]) | wild_text,
+                        "created_at": st.just("2026-01-01T00:00:00+00:00") | wild_text,
+                        "error": wild_text | st.none(),
+                    },
+                ),
+            ),
         ),
         min_size=1,
         max_size=12,
@@ -320,8 +336,12 @@ def test_every_spool_line_is_stored_or_set_aside_and_the_loader_never_stops(tmp_
     assert Ingester(Spool(spool_dir), db).run_once()  # never stuck on a line
     assert not list(spool_dir.glob("*.jsonl"))
     with duckdb.connect(str(db), read_only=True) as con:
-        (stored,) = con.execute("SELECT count(*) FROM llm_calls").fetchone()
-    assert stored + Quarantine(spool_dir / QUARANTINE_DIR).count() == nonblank
+        (calls,) = con.execute("SELECT count(*) FROM llm_calls").fetchone()
+        scores = con.execute("SELECT name, value, source FROM scores").fetchall()
+    assert calls + len(scores) + Quarantine(spool_dir / QUARANTINE_DIR).count() == nonblank
+    for name, value, source in scores:  # a stored score is a valid one
+        assert 0 < len(name) <= NAME_LIMIT and source in SOURCES
+        assert value is None or 0 <= value <= 1
 
 
 @FUZZ
@@ -386,3 +406,33 @@ def test_through_the_proxy_the_client_gets_exactly_what_the_upstream_sent(fuzz_p
     sent.append(call)
     assert response.status_code == call["status"]
     assert response.content == b"".join(call["chunks"])
+
+
+@FUZZ
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "call_id": wild_text | numbers | st.none(),
+                "name": wild_text | numbers,
+                "value": numbers | st.booleans() | wild_text | st.none(),
+                "extra": wild_text,
+            },
+        ).map(lambda d: json.dumps(d, allow_nan=True).encode("utf-8", "surrogatepass")),
+    )
+)
+def test_feedback_posts_are_answered_and_never_store_an_invalid_score(fuzz_proxy, body):
+    """Whatever an app posts to the feedback endpoint: a 4xx that says why (or 202 for a valid
+    score of a known call), never a 5xx, never forwarded, never an invalid stored score."""
+    proxy = fuzz_proxy[0]
+    response = httpx.post(f"{proxy.url}/llmtap/feedback", content=body, timeout=30)
+    assert response.status_code in (202, 400, 404, 413), (response.status_code, response.text)
+    if response.status_code != 202:
+        assert response.json()["error"]
+    invalid = proxy.rows(
+        "SELECT * FROM scores WHERE value < 0 OR value > 1 OR source <> 'feedback' "
+        f"OR length(name) > {NAME_LIMIT}"
+    )
+    assert invalid == []

@@ -274,9 +274,12 @@ def test_graded_decisions_save_on_held_out_prompts(tmp_path: Path) -> None:
     assert result["share_of_oracle_savings"] >= LUCKY_ORACLE_SHARE, result
     assert result["share_of_oracle_on_both_halves"] >= ORACLE_SHARE, result
     # The held-out calls of moved routes, and only those, were answered by the candidate, and
-    # the proxy recorded each rewrite.
+    # the proxy recorded each rewrite; a prompt larger than any shadow sample stays with the
+    # incumbent (the drafted rule's max_prompt_tokens).
     assert set(outcome["moved"]) == moved
-    assert Counter(row["app"] for row in enforced) == Counter(p.route for p in held_out if p.route in moved)
+    by_candidate = Counter(p.route for p, model in answered.items() if model == WEAK)
+    assert Counter(row["app"] for row in enforced) == by_candidate
+    assert all(by_candidate[r] >= 0.95 * sum(p.route == r for p in held_out) for r in moved)
     assert all(row["routed_from_model"] == STRONG and row["request_model"] == WEAK for row in enforced)
 
 

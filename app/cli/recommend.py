@@ -44,10 +44,13 @@ def recommend_command(
     """Cheaper models, caching, batch APIs per route, with evidence.
 
     Recommend, per route (app + provider + model), what the recorded traffic proves safe: a
-    cheaper model whose shadow answers agreed with the incumbent's (Wilson lower bound at
-    least [recommend] min_agreement over at least min_samples), provider prompt caching, or
-    a batch API. Each record has its costs per 1k requests, projected monthly savings
-    (low/mid/high), latency change and risks. --write-rules drafts routing rules for review.
+    cheaper model whose answers are no worse, provider prompt caching, or a batch API. Where
+    answers are scored (graders, feedback), a swap needs the lower confidence bound of its
+    quality difference above -[recommend] max_quality_loss; elsewhere, its shadow answers'
+    agreement with the incumbent's (Wilson lower bound at least min_agreement), both over at
+    least min_samples. Each record has its costs per 1k requests, projected monthly savings
+    (low/mid/high), latency change and risks; then what canary rules realised.
+    --write-rules drafts routing rules for review.
 
     \b
     Examples:
@@ -55,6 +58,7 @@ def recommend_command(
       llmtap recommend --since 2026-03-01 --format json
       llmtap recommend --write-rules --mode canary
     """
+    from analytics import load, realised_savings
     from analytics.recommender import draft_rules, recommend
     from app.terminal.recommendations import draft_header, write
     from collector.pricing.book import PriceBook
@@ -64,7 +68,8 @@ def recommend_command(
     print(f"llmtap: analysing the calls in {settings.paths.db} ...", file=sys.stderr)
     recs = recommend(settings.data_dir, since, until, settings.recommend, book=PriceBook(settings.prices))
     window = f"{since.isoformat() if since else 'start'} to {until.isoformat() if until else 'now'}"
-    write(recs, fmt, f"llmtap recommend, {window} (UTC)")
+    realised = realised_savings(load(settings.data_dir, since, until))
+    write(recs, fmt, f"llmtap recommend, {window} (UTC)", realised=realised)
     if draft:
         path = settings.paths.rules
         drafted = draft_rules(recs, mode)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, TextIO
 from rich.console import JustifyMethod
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from analytics.recommender import Recommendation
 
 FORMATS = ("table", "json")
@@ -30,14 +32,23 @@ Rules with other ids were kept as they were."""
 SCORE_SAMPLES = {"paired_scores": "paired", "arm_scores": "canary/control"}
 
 
-def write(recs: list[Recommendation], fmt: str, heading: str, out: TextIO | None = None) -> None:
-    """Print the records as a rich table (the default) or one JSON document."""
+def write(
+    recs: list[Recommendation],
+    fmt: str,
+    heading: str,
+    out: TextIO | None = None,
+    realised: pl.DataFrame | None = None,
+) -> None:
+    """Print the records as a rich table (the default) or one JSON document; then what the
+    canary rules realised (``realised``: :func:`analytics.realised_savings`), when any ran."""
     out = out or sys.stdout
     if fmt == "json":
         from analytics.recommender import recommendations_frame
         from app.terminal.spend_report import _records
 
         document = {"title": heading, "recommendations": _records(recommendations_frame(recs))}
+        if realised is not None:
+            document["realised"] = _records(realised)
         out.write(json.dumps(document, indent=2) + "\n")
         return
     from rich.console import Console
@@ -49,6 +60,34 @@ def write(recs: list[Recommendation], fmt: str, heading: str, out: TextIO | None
         console.print("no routes with calls in this window")
         return
     console.print(_table(recs))
+    if realised is not None and realised.height:
+        console.print(Text("Canary rules: what they realised (canary arm against control)", style="bold"))
+        console.print(_realised_table(realised))
+
+
+def _realised_table(realised: pl.DataFrame):
+    from rich import box
+    from rich.table import Table
+
+    from app.terminal.spend_report import printable
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for name in ("rule", "canary calls", "control calls", "canary $/req", "control $/req", "saved $"):
+        table.add_column(name, justify="left" if name == "rule" else "right")
+
+    def money(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.6f}"
+
+    for row in realised.iter_rows(named=True):
+        table.add_row(
+            printable(row["routing_rule"] or "(none)"),
+            f"{row['canary_calls'] or 0:,}",
+            f"{row['control_calls'] or 0:,}",
+            money(row["canary_usd_per_request"]),
+            money(row["control_usd_per_request"]),
+            money(row["savings_usd"]),
+        )
+    return table
 
 
 def _table(recs: list[Recommendation]):

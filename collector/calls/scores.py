@@ -10,7 +10,6 @@ endpoint and ``llmtap feedback import`` answer a bad value with the reason.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -86,9 +85,8 @@ class Feedback(BaseModel):
     @field_validator("value", mode="before")
     @classmethod
     def _number(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError("must be a number from 0 to 1")
-        if not math.isfinite(value) or not 0 <= value <= 1:
+        # The range first: a huge JSON integer compares fine but cannot become a float.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise ValueError("must be a number from 0 to 1")
         return float(value)
 

@@ -186,17 +186,18 @@ async def judge_agrees(
     find the candidate equivalent or better. ``ask`` sends a prompt to the judge model and
     returns its reply text."""
     first = await ask(
-        JUDGE_PROMPT.format(question=question, first=_shown(incumbent), second=_shown(candidate))
+        JUDGE_PROMPT.format(question=question, first=shown_text(incumbent), second=shown_text(candidate))
     )
     if judge_verdict(first) not in ("SAME", "2"):
         return False
     second = await ask(
-        JUDGE_PROMPT.format(question=question, first=_shown(candidate), second=_shown(incumbent))
+        JUDGE_PROMPT.format(question=question, first=shown_text(candidate), second=shown_text(incumbent))
     )
     return judge_verdict(second) in ("SAME", "1")
 
 
-def _shown(output: Output) -> str:
+def shown_text(output: Output) -> str:
+    """An answer as a judge or grader reads it: its text, then its tool calls."""
     calls = "".join(f"\n[tool call {c.name}({c.arguments})]" for c in output.tool_calls)
     return output.text + calls
 

@@ -36,6 +36,7 @@ from collector.proxy.call import (
     metadata_of,
 )
 from collector.proxy.own_calls import answer_of, ask_model, output_of
+from collector.routing.compare import shown_text
 from collector.storage.schema import ModelRewrite, RoutingMarks
 from collector.storage.spool import Spool
 from collector.trust import boundary
@@ -111,11 +112,11 @@ class Grading:
             app=metadata_of(flow).app,
             model=capture.request.model,
             request=json_or_none(capture.request_body),
-            text=output.text if output is not None else "",
+            text=shown_text(output) if output is not None else "",
             reference=flow.metadata.get(REFERENCE_KEY),
         )
         ask = functools.partial(self._ask_judge, order.request, flow) if order.request is not None else None
-        task = asyncio.get_running_loop().create_task(self._grade(graders, answer, ask))
+        task = asyncio.get_running_loop().create_task(self._grade(graders, answer, ask, capture.secrets))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -126,7 +127,11 @@ class Grading:
             await asyncio.wait(self._tasks, timeout=longest + 5)
 
     async def _grade(
-        self, graders: Sequence[GraderSpec], answer: Answer, ask: Callable[[str], Awaitable[str]] | None
+        self,
+        graders: Sequence[GraderSpec],
+        answer: Answer,
+        ask: Callable[[str], Awaitable[str]] | None,
+        secrets: Sequence[str],
     ) -> None:
         if self._running is None:
             self._running = asyncio.Semaphore(CONCURRENCY)
@@ -141,10 +146,14 @@ class Grading:
                     failures["Grading"] += 1
                     log.exception("llmtap internal error grading call %s (%s)", answer.call_id, grader.name)
                     value, error = None, f"llmtap internal error ({type(exc).__name__})"
-                self._store(answer.call_id, grader.name, value, error)
+                self._store(answer.call_id, grader.name, value, error, secrets)
 
-    def _store(self, call_id: str, name: str, value: float | None, error: str | None) -> None:
-        reason = boundary.text(error, limit=ERROR_LIMIT) if error is not None else None
+    def _store(
+        self, call_id: str, name: str, value: float | None, error: str | None, secrets: Sequence[str] = ()
+    ) -> None:
+        """A score line in the spool; the reason a grader failed passes the boundary with the
+        call's secret values (a grader's message may quote what it was given)."""
+        reason = boundary.text(error, secrets, limit=ERROR_LIMIT) if error is not None else None
         try:
             self.spool.append(Score(call_id, name, value, "grader", reason).spool_line())
         except ValueError:
