@@ -325,6 +325,12 @@ def hook_timings(tmp: Path, n: int = 3000) -> list[tuple[str, float]]:
             for addon in more:
                 addons.extend(getattr(addon, "stages", (addon,)))
 
+        def get(self, name: str):  # serve() filters the log of mitmproxy's errorcheck addon
+            import logging
+            import types
+
+            return types.SimpleNamespace(logger=logging.getLogger(f"bench.{name}"))
+
     class FakeMaster:  # stands in for DumpMaster so that serve() only builds its addons
         def __init__(self, opts, **_kw) -> None:
             opts.add_option("connection_strategy", str, "eager", "")

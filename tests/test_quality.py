@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.proxyproc import ProxyProcess
-from tests.test_routing_proxy import SECRET, ask, chat_reply, client, proxy_with, rules_yaml
+from tests.test_routing_proxy import SECRET, answer, ask, chat_reply, client, proxy_with, rules_yaml
 from tests.upstream import FakeUpstream
 
 ROOT = Path(__file__).parent.parent
@@ -217,3 +217,60 @@ max_quality_loss = 0.1
     assert swap["quality_difference_lower_bound"] > -0.1
     realised = report["realised"]
     assert len(realised) == 1 and realised[0]["savings_usd"] > 0, realised
+
+
+def judging_reply(received):
+    """The fake upstream, plus a judge model that rates every answer 8 out of 10."""
+    body = json.loads(received.body)
+    if body["model"] == "judge-model":
+        return answer(body, "Rating: 8/10")
+    return chat_reply(received)
+
+
+def test_judge_and_reference_graders_through_the_proxy(tmp_path: Path) -> None:
+    references = tmp_path / "references.jsonl"
+    references.write_text(
+        json.dumps({"prompt": "Capital of France? A) Rome B) Paris", "reference": "B"}) + "\n"
+    )
+    config = f"""
+[routing]
+judge_model = "judge-model"
+[graders.judge]
+kind = "judge"
+[graders.header-reference]
+kind = "reference"
+[graders.dataset-reference]
+kind = "reference"
+dataset = "{references}"
+"""
+    with FakeUpstream() as fake:
+        fake.routes["/v1/chat/completions"] = judging_reply
+        with proxy_with(tmp_path, fake, None, config=config) as proxy:
+            right = client(proxy).chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=QUESTION, extra_headers={"X-Llmtap-Reference": "(B)"}
+            )
+            wrong = client(proxy).chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=QUESTION, extra_headers={"X-Llmtap-Reference": "A"}
+            )
+            ids = {right.headers["x-llmtap-call-id"]: "right", wrong.headers["x-llmtap-call-id"]: "wrong"}
+            scores = proxy.rows("SELECT call_id, name, value, error FROM scores", wait_for=6)
+            calls = proxy.rows(
+                "SELECT call_id, routing_arm, shadow_of, request_model FROM llm_calls", wait_for=4
+            )
+        sent_headers = [dict(r.headers) for r in fake.received]
+    got = {(ids[s["call_id"]], s["name"]): s["value"] for s in scores}
+    assert got == {
+        ("right", "judge"): 0.8,
+        ("wrong", "judge"): 0.8,
+        ("right", "header-reference"): 1.0,  # "(B)" and "The answer is (B)." name the same letter
+        ("wrong", "header-reference"): 0.0,
+        ("right", "dataset-reference"): 1.0,
+        ("wrong", "dataset-reference"): 1.0,
+    }
+    # Each judge call is a recorded call of llmtap's own, tied to the call it graded, and is
+    # itself not graded.
+    judges = [c for c in calls if c["routing_arm"] == "judge"]
+    assert sorted(c["shadow_of"] for c in judges) == sorted(ids)
+    assert all(c["request_model"] == "judge-model" for c in judges)
+    # The reference never went upstream.
+    assert not any("x-llmtap-reference" in {k.lower() for k in h} for h in sent_headers)

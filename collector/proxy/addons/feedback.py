@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -54,7 +53,8 @@ class FeedbackEndpoint:
     def __init__(self, spool: Spool, db: Path) -> None:
         self.spool = spool
         self.db = db
-        self._known: OrderedDict[str, None] = OrderedDict()
+        #: Call ids given to clients, oldest first (a dict keeps insertion order).
+        self._known: dict[str, None] = {}
 
     # -- the calls it knows ----------------------------------------------------------------
 
@@ -64,9 +64,10 @@ class FeedbackEndpoint:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None:
             return
-        self._known[capture.call_id] = None
-        if len(self._known) > KNOWN_IDS:
-            self._known.popitem(last=False)
+        known = self._known
+        known[capture.call_id] = None
+        if len(known) > KNOWN_IDS:
+            del known[next(iter(known))]
 
     # -- the endpoint ----------------------------------------------------------------------
 
