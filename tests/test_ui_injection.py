@@ -2,7 +2,8 @@
 
 A store whose app, model, provider, user, property keys and values, errors, finish
 reasons, path, span and bodies are image Markdown (``![b](URL)``) or an HTML ``<img>``
-pointing at a local HTTP server that counts what it is asked for; every page of
+pointing at a local HTTP server that counts what it is asked for (scores' names and errors
+too); every page of
 ``llmtap ui`` is opened in Debian's chromium (with the Calls page's detail of such a
 call, a recommendation naming such a model, and the sidebar's filter options), and the
 server must hear nothing while each text shows literally.
@@ -141,6 +142,11 @@ def hostile_store(data_dir: Path, beacon: Beacon) -> None:
             " VALUES ('hostile', ?, ?, ?)",
             [md("mode"), md("body"), html("body")],
         )
+        con.execute(  # a grader that failed, and feedback the app named
+            "INSERT INTO scores VALUES ('hostile', ?, NULL, 'grader', ?, ?),"
+            " ('hostile', ?, 0.5, 'feedback', ?, NULL)",
+            [md("score-name"), now, html("score-error"), html("score-name"), now],
+        )
     alerts = [  # alert0 the most severe
         {
             "budget": html(f"budget{i}") if i % 2 else md(f"budget{i}"),
@@ -238,7 +244,7 @@ def test_calls_and_a_calls_detail(opened, beacon: Beacon) -> None:
     settle(page, beacon, "Calls' call detail")
     visible(page, md("error"))
     visible(page, md("model"))
-    for tab, shown in (("Span", md("span-name")), ("Bodies", md("mode"))):
+    for tab, shown in (("Span", md("span-name")), ("Bodies", md("mode")), ("Scores", md("score-name"))):
         page.get_by_role("tab", name=tab).click()
         settle(page, beacon, f"Calls' call detail, tab {tab}")
         visible(page, shown)
