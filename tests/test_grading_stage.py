@@ -46,12 +46,12 @@ def reply(text: str) -> bytes:
 class Stages:
     """Metadata, recorder and grading as the proxy orders them, on a real spool and store."""
 
-    def __init__(self, tmp_path: Path, graders: dict[str, dict]) -> None:
+    def __init__(self, tmp_path: Path, graders: dict[str, dict], quote_graders: bool = True) -> None:
         self.spool, self.db = Spool(tmp_path / "spool"), tmp_path / "llmtap.duckdb"
         ensure_schema(self.db)
         self.recorder = Recorder(ProviderRegistry(), self.spool, SpanRecorder(None), PriceBook())
         specs = graders_from_table({name: GraderTable.model_validate(t) for name, t in graders.items()})
-        self.grading = Grading(specs, self.spool)
+        self.grading = Grading(specs, self.spool, quote_graders=quote_graders)
 
     async def call(
         self,
@@ -146,3 +146,12 @@ def test_too_many_answers_waiting_are_stored_as_not_graded(
     asyncio.run(stages.call())
     ((_, name, value, _, error),) = stages.scores()
     assert (name, value) == ("says-b", None) and "too many answers" in error
+
+
+def test_without_prompts_kept_a_failing_graders_message_is_not_either(tmp_path: Path) -> None:
+    """capture = "metadata" keeps no prompt text: not in a grader's error either."""
+    graders = {"quoting": {"kind": "python", "function": "tests.test_grading_stage:quotes_the_prompt"}}
+    stages = Stages(tmp_path, graders, quote_graders=False)
+    asyncio.run(stages.call(app="support"))
+    ((_, _, value, _, error),) = stages.scores()
+    assert value is None and error == "python grader quoting: raised ValueError"

@@ -97,7 +97,13 @@ MAX_REPLY_BYTES = 64 * 1024
 
 
 class GradingError(Exception):
-    """A grader could not score: the message says why (bounded, no secrets)."""
+    """A grader could not score: the message says why (bounded, no secrets). ``brief`` says it
+    without quoting anything the grader itself said or returned (an exception's message, a
+    returned value), which may quote the prompt: what is kept when no prompt may be."""
+
+    def __init__(self, message: str, brief: str | None = None) -> None:
+        super().__init__(message)
+        self.brief = brief if brief is not None else message
 
 
 # -- value types -------------------------------------------------------------------------------
@@ -498,7 +504,9 @@ async def _by_judge(
     except GradingError:
         raise
     except Exception as exc:
-        raise _fail(spec, f"the judge call failed: {_described(exc)}") from None
+        raise _fail(
+            spec, f"the judge call failed: {_described(exc)}", f"the judge call failed: {_kind(exc)}"
+        ) from None
     rating = judge_rating(reply) if isinstance(reply, str) else None
     if rating is None:
         raise _fail(spec, "the judge's reply has no rating from 0 to 10")
@@ -510,11 +518,13 @@ def _by_function(spec: PythonGrader, answer: Answer) -> float:
     try:
         function = _callable(spec.function)
     except Exception as exc:
-        raise _fail(spec, f"cannot load {spec.function}: {_described(exc)}") from None
+        raise _fail(
+            spec, f"cannot load {spec.function}: {_described(exc)}", f"cannot load {spec.function}"
+        ) from None
     try:
         value = function(answer.request, answer.text)
     except BaseException as exc:  # a grader's SystemExit must not end the proxy
-        raise _fail(spec, f"raised {_described(exc)}") from None
+        raise _fail(spec, f"raised {_described(exc)}", f"raised {_kind(exc)}") from None
     return _unit(spec, value)
 
 
@@ -643,14 +653,25 @@ def _unit(spec: _Spec, value: object) -> float:
             number = float(value)
             if 0 <= number <= 1:  # NaN is not
                 return number
-    raise _fail(spec, f"score {value!r:.40} is not a number from 0 to 1")
+    raise _fail(
+        spec, f"score {value!r:.40} is not a number from 0 to 1", "its score is not a number from 0 to 1"
+    )
 
 
 def _described(exc: BaseException) -> str:
     message = str(exc).strip()
-    return f"{type(exc).__name__}: {message:.100}" if message else type(exc).__name__
+    return f"{_kind(exc)}: {message:.100}" if message else _kind(exc)
 
 
-def _fail(spec: _Spec, why: str) -> GradingError:
-    message = f"{spec.kind} grader {spec.name}: {why}"
-    return GradingError(message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…")
+def _kind(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _fail(spec: _Spec, why: str, brief: str | None = None) -> GradingError:
+    """The error of ``spec``; ``brief`` is ``why`` without what the grader said (see GradingError)."""
+
+    def bounded(text: str) -> str:
+        message = f"{spec.kind} grader {spec.name}: {text}"
+        return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
+
+    return GradingError(bounded(why), bounded(brief if brief is not None else why))

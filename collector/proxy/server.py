@@ -125,7 +125,7 @@ class LlmtapProxy:
             self.router,
             # After the router: a rewritten call or a copy is graded for its client's model
             # (the route's); after the recorder: the row is written before grading starts.
-            Grading(s.graders, self.spool, s.routing.judge_model),
+            Grading(s.graders, self.spool, s.routing.judge_model, quote_graders=s.capture != "metadata"),
             # After any model rewrite: it edits the request as it will go upstream.
             StreamUsage(s.stream_usage),
             # Last on the request: where the request, as the stages left it, is sent.

@@ -68,10 +68,19 @@ class GradingOrder:
 
 
 class Grading:
-    def __init__(self, graders: Sequence[GraderSpec], spool: Spool, judge_model: str | None = None) -> None:
+    def __init__(
+        self,
+        graders: Sequence[GraderSpec],
+        spool: Spool,
+        judge_model: str | None = None,
+        quote_graders: bool = True,
+    ) -> None:
         self.graders = tuple(graders)
         self.spool = spool
         self.judge_model = judge_model
+        #: Keep what a failing grader said (its exception's message may quote the prompt): not
+        #: in the ``metadata`` capture mode, where no prompt text is kept.
+        self.quote_graders = quote_graders
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: asyncio.Semaphore | None = None
 
@@ -141,7 +150,7 @@ class Grading:
                     value: float | None = await score(grader, answer, ask)
                     error = None
                 except GradingError as exc:
-                    value, error = None, str(exc)
+                    value, error = None, str(exc) if self.quote_graders else exc.brief
                 except Exception as exc:  # a bug of llmtap's: counted, logged, and the score says so
                     failures["Grading"] += 1
                     log.exception("llmtap internal error grading call %s (%s)", answer.call_id, grader.name)
