@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from collector.calls.scores import Feedback
 from collector.settings.paths import Paths
-from collector.storage.database import Ingester, ensure_schema, read_connection
+from collector.storage.database import Ingester, read_connection
 from collector.storage.spool import Spool
 
 __all__ = ["Imported", "import_feedback"]
@@ -62,7 +62,8 @@ def import_feedback(source: Path, paths: Paths) -> Imported:
         spool.append(feedback.score().spool_line())
         result.stored += 1
     if result.stored:
-        ensure_schema(paths.db)
+        # Each pass creates what the store lacks and waits out readers; what cannot be loaded
+        # now stays in the spool for the next load (the proxy's, or the next import's).
         result.loaded = Ingester(spool, paths.db).drain(timeout=30)
     result.refused.sort()
     return result
@@ -70,7 +71,8 @@ def import_feedback(source: Path, paths: Paths) -> Imported:
 
 def _lines(source: Path) -> Iterator[tuple[int, dict[str, object] | str]]:
     """(line number, fields) per record; fields is the reason when the line cannot be read."""
-    with source.open(encoding="utf-8", newline="") as f:
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark.
+    with source.open(encoding="utf-8-sig", newline="") as f:
         if source.suffix.lower() == ".csv":
             reader = csv.DictReader(f)
             if reader.fieldnames is None or not {"call_id", "name", "value"} <= set(reader.fieldnames):
@@ -90,8 +92,10 @@ def _lines(source: Path) -> Iterator[tuple[int, dict[str, object] | str]]:
             yield number, data if isinstance(data, dict) else "not a JSON object"
 
 
-def _csv_fields(row: dict[str, str | None]) -> dict[str, object] | str:
-    raw = (row.get("value") or "").strip()
+def _csv_fields(row: dict[str | None, object]) -> dict[str, object] | str:
+    if None in row:  # csv.DictReader's key for fields beyond the header's
+        return "more fields than the header names (a decimal comma?)"
+    raw = str(row.get("value") or "").strip()
     try:
         value: object = float(raw)
     except ValueError:
