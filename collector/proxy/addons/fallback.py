@@ -1,0 +1,216 @@
+"""The fallback stage: calls whose route has a fallback chain go through the relay.
+
+Last on the request (after the upstream rewrite, so the first target is where the call was
+going): a call a ``[fallbacks."NAME"]`` chain matches is given a ticket (its targets in order)
+and pointed at the relay (:mod:`collector.proxy.fallback_relay`), which sends it and falls
+back. Each failed attempt becomes a row of its own (``routing_arm`` "fallback", the later ones
+with ``retry_of`` = the first attempt); the call the client gets its answer from is the
+stage's flow, recorded by the recorder as usual, linked to the first attempt and, when
+another model answered, with the client's model in ``routed_from_model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+from mitmproxy import http
+
+from collector.calls.rows import Observed, RowBuilder, row_line
+from collector.providers import RequestFacts
+from collector.proxy.call import CAPTURE_KEY, REWRITE_KEY, ROUTING_KEY, Capture, made_by_llmtap, metadata_of
+from collector.proxy.fallback_relay import TICKET_HEADER, Attempt, Relay, Target, Ticket
+from collector.proxy.model_rewrite import is_signed, with_model
+from collector.routing.breaker import Breaker
+from collector.routing.fallbacks import FallbackTable, HostTarget
+from collector.storage.schema import CallMetadata, ModelRewrite, RoutingMarks
+from collector.storage.spool import Spool
+from collector.trust.failopen import fail_open
+
+__all__ = ["FALLBACK_ARM", "Fallbacks"]
+
+log = logging.getLogger("llmtap.fallback")
+
+FALLBACK_ARM = "fallback"
+_KEY = "llmtap.fallback"
+#: Request headers not copied to an attempt: the relay's own, framing, and the credentials a
+#: target on another host must not get.
+_NOT_SENT = {b"content-length", b"transfer-encoding", b"connection", TICKET_HEADER.encode()}
+_CREDENTIALS = {b"authorization", b"x-api-key", b"api-key", b"cookie", b"proxy-authorization"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What a failed attempt's row needs of the call (kept on its ticket)."""
+
+    chain: str
+    provider: str
+    api: str
+    metadata: CallMetadata
+    facts: RequestFacts
+
+
+class Fallbacks:
+    def __init__(self, chains: Mapping[str, FallbackTable], spool: Spool, rows: RowBuilder) -> None:
+        self.chains = dict(chains)
+        self.spool = spool
+        self.rows = rows
+        self.breakers = {name: Breaker(chain.breaker.settings()) for name, chain in self.chains.items()}
+        self.relays: dict[str, Relay] = {}
+
+    async def running(self) -> None:
+        for name, breaker in self.breakers.items():
+            relay = Relay(breaker, self._attempt_failed)
+            await relay.start()
+            self.relays[name] = relay
+
+    async def done(self) -> None:
+        for relay in self.relays.values():
+            await relay.close()
+
+    @fail_open
+    def request(self, flow: http.HTTPFlow) -> None:
+        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
+        if capture is None or flow.response is not None or made_by_llmtap(flow):
+            return
+        app, provider = metadata_of(flow).app, capture.endpoint.provider.name
+        model = capture.request.model
+        name = next((n for n, c in self.chains.items() if c.match.covers(model, app, provider)), None)
+        relay = self.relays.get(name) if name is not None else None
+        if name is None or relay is None or relay.port is None or is_signed(flow.request.headers):
+            return
+        chain = self.chains[name]
+        targets = [
+            self._here(flow, model),
+            *(t for t in (self._target(flow, model, to) for to in chain.to) if t),
+        ]
+        ticket = Ticket(
+            flow.request.method,
+            targets,
+            frozenset(chain.on_status),
+            chain.first_byte_timeout_s,
+            chain.max_retry_after_s,
+            owner=_Call(name, provider, capture.endpoint.api, metadata_of(flow), capture.request),
+        )
+        flow.request.headers[TICKET_HEADER] = relay.open_ticket(ticket)
+        data = flow.request.data
+        data.scheme, data.host, data.port = b"http", "127.0.0.1", relay.port
+        if data.authority and not (flow.request.is_http2 or flow.request.is_http3):
+            data.authority = f"127.0.0.1:{relay.port}".encode()
+        flow.metadata[_KEY] = (name, ticket)
+
+    @fail_open
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The answer is the last target's: the call's row says which model gave it and links
+        it to the first attempt."""
+        entry = flow.metadata.get(_KEY)
+        capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
+        if entry is None or capture is None:
+            return
+        name, ticket = entry
+        if not ticket.attempts:
+            return  # the first target answered: an ordinary call
+        served = ticket.served
+        if served is not None and served.model != capture.request.model:
+            flow.metadata[REWRITE_KEY] = ModelRewrite(routed_from_model=capture.request.model)
+            capture.request.model = served.model
+        here = urlsplit(ticket.targets[0].url).netloc
+        if served is not None and urlsplit(served.url).netloc != here:
+            capture.host = urlsplit(served.url).hostname or capture.host  # another host answered
+        marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
+        first = ticket.attempts[0].call_id
+        if marks is None:
+            flow.metadata[ROUTING_KEY] = RoutingMarks(f"fallback:{name}", FALLBACK_ARM, retry_of=first)
+        else:
+            marks.retry_of = marks.retry_of or first
+
+    # -- targets ----------------------------------------------------------------------------
+
+    def _here(self, flow: http.HTTPFlow, model: str | None) -> Target:
+        request = flow.request
+        return Target(
+            upstream=f"{request.scheme}://{request.host}:{request.port} {model}",
+            url=request.url,
+            headers=_headers(request, keep_credentials=True),
+            body=request.content or b"",
+            model=model,
+        )
+
+    def _target(self, flow: http.HTTPFlow, model: str | None, to: str | HostTarget) -> Target | None:
+        request = flow.request.copy()
+        if isinstance(to, str):
+            if with_model(request, model, to) is not None:
+                return None
+            here = self._here(flow, model)
+            return replace(
+                here,
+                upstream=f"{here.upstream.rsplit(' ', 1)[0]} {to}",
+                body=request.content or b"",
+                model=to,
+            )
+        key = os.environ.get(to.api_key_env)
+        if not key:
+            log.warning("fallback to %s skipped: %s is not set", to.upstream, to.api_key_env)
+            return None
+        if with_model(request, model, to.model) is not None:
+            return None
+        base = urlsplit(to.url)
+        path = _api_path(request.path)
+        headers = [(k, v) for k, v in _headers(request, keep_credentials=False) if k.lower() != b"host"]
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+        url = f"{base.scheme}://{base.netloc}{base.path.rstrip('/')}{path}"
+        return Target(f"{to.upstream} {to.model}", url, tuple(headers), request.content or b"", to.model)
+
+    # -- failed attempts --------------------------------------------------------------------
+
+    def _attempt_failed(self, ticket: Ticket, attempt: Attempt) -> None:
+        """A row for a failed attempt (its own call id; the later ones link to the first)."""
+        try:
+            self._record(ticket, attempt)
+        except Exception:
+            log.exception("llmtap internal error recording a failed fallback attempt")
+
+    def _record(self, ticket: Ticket, attempt: Attempt) -> None:
+        call: _Call = ticket.owner
+        first = ticket.attempts[0]
+        target = attempt.target
+        seen = Observed(
+            call_id=attempt.call_id,
+            started=attempt.started,
+            ended=attempt.ended,
+            first_byte=None,
+            provider=call.provider,
+            api=call.api,
+            method=ticket.method,
+            host=urlsplit(target.url).hostname or "",
+            path=urlsplit(target.url).path,
+            status_code=attempt.status,
+            streamed=False,
+            traceparent=None,
+            error=attempt.error,
+            capture_mode="metadata",
+            metadata=call.metadata,
+            routing=RoutingMarks(
+                f"fallback:{call.chain}", FALLBACK_ARM, retry_of=None if attempt is first else first.call_id
+            ),
+        )
+        seen.request = replace(call.facts, model=target.model)
+        seen.clean()
+        self.spool.append(row_line(self.rows.row(seen)))
+
+
+def _headers(request: http.Request, keep_credentials: bool) -> tuple[tuple[bytes, bytes], ...]:
+    skip = _NOT_SENT if keep_credentials else _NOT_SENT | _CREDENTIALS
+    return tuple((k, v) for k, v in request.headers.fields if k.lower() not in skip)
+
+
+def _api_path(path: str) -> str:
+    """The call's path below its API base: ``/v1/chat/completions`` -> ``/chat/completions``."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if part.startswith("v") and part[1:].isdigit():
+            return "/" + "/".join(parts[i + 1 :])
+    return path
