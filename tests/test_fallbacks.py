@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import analytics
 from collector.routing.breaker import Breaker, BreakerSettings, retry_after_s
 from collector.settings.config import ConfigError, load_settings
 from tests.test_routing_proxy import SECRET, SIGV4, answer, client, proxy_with
@@ -179,6 +180,12 @@ def test_the_circuit_breaker_opens_and_closes(tmp_path: Path) -> None:
             time.sleep(2.2)  # the cool-down passes: one trial call goes to gpt-4o again
             fake.routes["/v1/chat/completions"] = by_model(None)
             assert ask(proxy) == "answered by gpt-4o"
+            proxy.rows(wait_for=6)  # 2 failed attempts, 3 answers by the fallback, 1 by gpt-4o
+    (row,) = analytics.fallbacks(analytics.load(proxy.data_dir)).to_dicts()
+    assert row["chain"] == "chat" and row["failed_attempts"] == 2 and row["transport_failures"] == 0
+    assert row["error_kinds"] == ["http_5xx"]
+    # the third was sent straight to the fallback (gpt-4o's breaker open): answered by it too
+    assert row["answered_by_fallback"] == 3 and row["answered_by"] == ["gpt-4o-mini"]
 
 
 def test_a_fallbacks_stream_reaches_the_client_as_it_comes(tmp_path: Path) -> None:

@@ -111,17 +111,18 @@ class Fallbacks:
         if entry is None or capture is None:
             return
         name, ticket = entry
-        if not ticket.attempts:
-            return  # the first target answered: an ordinary call
         served = ticket.served
-        if served is not None and served.model != capture.request.model:
+        if served is None or served is ticket.targets[0]:
+            return  # the first target answered (an ordinary call), or none did
+        if served.model != capture.request.model:
             flow.metadata[REWRITE_KEY] = ModelRewrite(routed_from_model=capture.request.model)
             capture.request.model = served.model
-        here = urlsplit(ticket.targets[0].url).netloc
-        if served is not None and urlsplit(served.url).netloc != here:
+        if urlsplit(served.url).netloc != urlsplit(ticket.targets[0].url).netloc:
             capture.host = urlsplit(served.url).hostname or capture.host  # another host answered
+        # Linked to the first failed attempt; with none (the first targets were skipped: their
+        # breakers open), the row still says a fallback answered.
+        first = ticket.attempts[0].call_id if ticket.attempts else None
         marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
-        first = ticket.attempts[0].call_id
         if marks is None:
             flow.metadata[ROUTING_KEY] = RoutingMarks(f"fallback:{name}", FALLBACK_ARM, retry_of=first)
         else:
