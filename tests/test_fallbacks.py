@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 import analytics
 from collector.routing.breaker import Breaker, BreakerSettings, retry_after_s
@@ -22,6 +23,7 @@ from collector.settings.config import ConfigError, load_settings
 from tests.test_routing_proxy import SECRET, SIGV4, answer, client, proxy_with
 from tests.upstream import FakeUpstream, Received, Reply
 
+DASHBOARD = str(Path(__file__).resolve().parent.parent / "app" / "ui" / "dashboard.py")
 QUESTION = [{"role": "user", "content": "Capital of France? A) Rome B) Paris"}]
 OTHER_KEY = "sk-or-fallback-key-0123456789"
 
@@ -166,7 +168,7 @@ def test_a_transport_failure_falls_back_to_another_host(
     assert OTHER_KEY not in json.dumps([{k: str(v) for k, v in r.items()} for r in rows])
 
 
-def test_the_circuit_breaker_opens_and_closes(tmp_path: Path) -> None:
+def test_the_circuit_breaker_opens_and_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     failing = Reply.json({"error": {"message": "down"}}, 503)
     config = chain('"gpt-4o-mini"', extra="breaker = { failures = 2, window_s = 60, cooldown_s = 2 }")
     with FakeUpstream() as fake:
@@ -186,6 +188,15 @@ def test_the_circuit_breaker_opens_and_closes(tmp_path: Path) -> None:
     assert row["error_kinds"] == ["http_5xx"]
     # the third was sent straight to the fallback (gpt-4o's breaker open): answered by it too
     assert row["answered_by_fallback"] == 3 and row["answered_by"] == ["gpt-4o-mini"]
+    # The dashboard's Recommendations page shows the chain.
+    monkeypatch.setenv("LLMTAP_DATA_DIR", str(proxy.data_dir))
+    monkeypatch.delenv("LLMTAP_CONFIG", raising=False)
+    page = AppTest.from_file(DASHBOARD, default_timeout=120).run()
+    page.switch_page("page_scripts/recommendations.py").run()
+    assert not page.exception, page.exception
+    assert [h.value for h in page.subheader][:1] == ["Fallbacks"]
+    shown = page.dataframe[0].value
+    assert list(shown["chain"]) == ["chat"] and list(shown["failed_attempts"]) == [2]
 
 
 def test_a_fallbacks_stream_reaches_the_client_as_it_comes(tmp_path: Path) -> None:

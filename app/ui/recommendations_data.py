@@ -36,19 +36,23 @@ class Routing:
     frame: pl.DataFrame
     #: Canary rules: canary arm against control (analytics.realised_savings).
     realised: pl.DataFrame
+    #: Fallback chains: failed attempts and calls a fallback answered (analytics.fallbacks).
+    fallbacks: pl.DataFrame
 
 
 def routing(view: View, settings: Settings) -> Routing:
     """The recommender's records for the window's calls (all routes: a route is an app
-    with its provider and model, so the sidebar's filters do not apply), and realised
-    savings of canary rules."""
+    with its provider and model, so the sidebar's filters do not apply), realised savings of
+    canary rules, and what fallback chains did."""
     records = analytics.recommend(
         view.db, since=view.since, settings=settings.recommend, book=PriceBook(settings.prices)
     )
+    calls = analytics.load(view.db, since=view.since)
     return Routing(
         records=tuple(records),
         frame=analytics.recommendations_frame(records),
-        realised=analytics.realised_savings(analytics.load(view.db, since=view.since)),
+        realised=analytics.realised_savings(calls),
+        fallbacks=analytics.fallbacks(calls),
     )
 
 

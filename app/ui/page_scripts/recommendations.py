@@ -1,6 +1,6 @@
-"""Recommendations: the routing recommender's records with their evidence (agreement, or
-scores where answers are scored), what canary rules saved, and actions that write drafted
-rules to the rules file after confirmation."""
+"""Recommendations: what fallback chains did, the routing recommender's records with their
+evidence (agreement, or scores where answers are scored), what canary rules saved, and
+actions that write drafted rules to the rules file after confirmation."""
 
 import polars as pl
 import streamlit as st
@@ -14,6 +14,13 @@ from collector.routing.rules import RulesError, dump_rules, load_rules, write_ru
 st.title("Recommendations")
 view, settings = widgets.page_view()
 found = widgets.recommendations(view, settings)
+if found.fallbacks.height:
+    st.subheader("Fallbacks")
+    st.caption(
+        "Per [fallbacks] chain: attempts that failed (transport failures: no HTTP answer at all) "
+        "and calls a later target answered."
+    )
+    st.dataframe(printable_frame(found.fallbacks), hide_index=True)
 if not found.records:
     st.info(
         "No recommendation for the calls in this time window: the recommender needs calls of a "
