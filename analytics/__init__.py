@@ -16,10 +16,13 @@ analyses run safely beside a recording proxy. Grouping (``by``) accepts the name
 * :func:`spend`, :func:`summary`: calls, tokens, cost (:mod:`analytics.metrics`)
 * :func:`latency`: latency and time-to-first-token percentiles, stream speed
 * :func:`errors`, :func:`truncations`: error kinds; answers cut off at the limit
-* :func:`cache_savings`, :func:`cache_rates`: prompt-cache use and what it saved
+* :func:`cache_savings`, :func:`cache_rates`: prompt-cache use and what it saved;
+  :func:`response_cache`: what llmtap's response cache saved, beside the duplicates it did not
+  catch; :func:`cache_summary`: both
 * :func:`waste`, :func:`waste_flags`: duplicates, retried failures, truncated spend
 * :func:`burn`: spend so far in a period, run rate, forecast
 * :func:`anomalies`: hours or days far off the recent norm (robust z-score)
+* :func:`fallbacks`: what fallback chains did (failed attempts, calls a fallback answered)
 * :func:`shadow_spend`: what shadow evaluation of candidate models cost (kept out of spend)
 * :func:`recommend`, :func:`recommendations_frame`, :func:`draft_rules`,
   :func:`realised_savings`: the routing recommender (:mod:`analytics.recommender`)
@@ -27,7 +30,7 @@ analyses run safely beside a recording proxy. Grouping (``by``) accepts the name
 """
 
 from analytics.anomalies import anomalies
-from analytics.cache import cache_rates, cache_savings
+from analytics.cache import cache_rates, cache_savings, cache_summary, response_cache
 from analytics.dimensions import (
     DIMENSIONS,
     ERROR_KINDS,
@@ -38,6 +41,7 @@ from analytics.dimensions import (
     status_class,
     truncated,
 )
+from analytics.fallbacks import fallbacks
 from analytics.metrics import errors, latency, shadow_spend, spend, summary, truncations, unpriced
 from analytics.period_spend import burn
 from analytics.recommender import (
@@ -63,11 +67,13 @@ __all__ = [
     "burn",
     "cache_rates",
     "cache_savings",
+    "cache_summary",
     "db_path",
     "dimension",
     "draft_rules",
     "error_kind",
     "errors",
+    "fallbacks",
     "import_feedback",
     "latency",
     "load",
@@ -75,6 +81,7 @@ __all__ = [
     "realised_savings",
     "recommend",
     "recommendations_frame",
+    "response_cache",
     "shadow_spend",
     "spend",
     "status_class",

@@ -1,4 +1,14 @@
-"""Prompt-cache use: how much input was read from cache, and the money that saved.
+"""Caching: the providers' prompt caches (:func:`cache_savings`, :func:`cache_rates`) and
+llmtap's response cache (:func:`response_cache`), side by side in :func:`cache_summary`.
+
+**Response cache.** An answer llmtap's proxy served from its cache (``cache_hit`` true) cost
+nothing; its ``cache_saved_usd`` is what its tokens would have cost from the provider. Beside
+that, the waste analysis's duplicates (:func:`analytics.waste.duplicate`: requests answered
+successfully before, and paid for again) are what an exact-match cache would still have saved:
+with no cache they are the whole opportunity, with one the part it did not catch (requests the
+cache does not cover, or that came after an answer expired or was evicted).
+
+**Prompt caches.**
 
 A cache read costs the model's cache-read rate instead of its input rate, so reads
 saved ``cache_read_tokens x (input rate - cache read rate)``; cache writes cost extra
@@ -33,7 +43,8 @@ from collections.abc import Sequence
 import polars as pl
 
 from analytics.dimensions import as_list, group_keys
-from analytics.metrics import order
+from analytics.metrics import aggregate, count, known_sum, order, share
+from analytics.waste import duplicate
 
 #: Internal key columns (named so they cannot clash with a ``by`` dimension).
 _KEYS = ("_model", "_provider", "_price_ref")
@@ -192,3 +203,53 @@ def cache_savings(calls: pl.LazyFrame, by: str | Sequence[str] = ("model",)) -> 
         "unrated_cache_read_tokens",
     )
     return order(frame, by, "saved_usd").collect()
+
+
+def response_cache(calls: pl.LazyFrame, by: str | Sequence[str] = ("model",)) -> pl.DataFrame:
+    """Per group: calls, ``cache_lookups`` (calls the response cache applied to), ``cache_hits``
+    and ``cache_hit_rate`` (of lookups), ``cache_saved_usd`` (what the hits would have cost), and
+    the waste analysis's ``duplicate_calls`` and ``duplicate_cost_usd`` (paid-for repeats of an
+    answered request: what an exact-match cache would have saved beyond that). Most saved first."""
+    hit = pl.col("cache_hit").fill_null(False)
+    aggregates = [
+        count().alias("calls"),
+        count(pl.col("cache_hit").is_not_null()).alias("cache_lookups"),
+        count(hit).alias("cache_hits"),
+        known_sum(pl.col("cache_saved_usd").filter(hit)).alias("cache_saved_usd"),
+        count(pl.col("duplicate")).alias("duplicate_calls"),
+        known_sum(pl.col("cost_usd").filter(pl.col("duplicate"))).alias("duplicate_cost_usd"),
+    ]
+    frame = aggregate(calls.with_columns(duplicate=duplicate()), by, aggregates, "cache_saved_usd")
+    return (
+        frame.with_columns(cache_hit_rate=share("cache_hits", "cache_lookups"))
+        .select(
+            *as_list(by),
+            "calls",
+            "cache_lookups",
+            "cache_hits",
+            "cache_hit_rate",
+            "cache_saved_usd",
+            "duplicate_calls",
+            "duplicate_cost_usd",
+        )
+        .collect()
+    )
+
+
+def cache_summary(calls: pl.LazyFrame, by: str | Sequence[str] = ("model",)) -> pl.DataFrame:
+    """Both caches per group (``llmtap report --show cache``): the share of input read from the
+    providers' prompt caches and what that saved net of write premiums
+    (``prompt_cache_saved_usd``, see :func:`cache_savings`), then :func:`response_cache`'s
+    columns. Most saved by the response cache first."""
+    names = as_list(by)
+    prompt = cache_savings(calls, by).select(
+        *names, "cache_read_share", pl.col("net_saved_usd").alias("prompt_cache_saved_usd")
+    )
+    response = response_cache(calls, by)
+    if names:
+        joined = response.join(prompt, on=names, how="left", nulls_equal=True)
+    else:
+        joined = pl.concat([response, prompt], how="horizontal")
+    columns = [*names, "calls", "cache_read_share", "prompt_cache_saved_usd"]
+    ordered = joined.select(*columns, *(c for c in response.columns if c not in columns))
+    return order(ordered.lazy(), by, "cache_saved_usd").collect()

@@ -348,3 +348,35 @@ def with_routing(calls: pl.DataFrame, shadow_share: float = 0.3, canary_share: f
 
 
 _COSTS = ("cost_usd", "input_cost_usd", "output_cost_usd")
+
+
+def with_response_cache(calls: pl.DataFrame, bodies: pl.DataFrame, hit_share: float = 0.5) -> pl.DataFrame:
+    """``calls`` (from :func:`generate`) as llmtap's response cache would have left them: every
+    call looked up (``cache_hit`` false), and ``hit_share`` of the successful repeats of an
+    already answered request (same host, path and body, after its first success) served from the
+    cache instead: ``cache_hit`` true, ``cache_of`` that first success, cost 0 and
+    ``cache_saved_usd`` what the call cost as generated. The rest of the repeats stay paid for,
+    as if their entry had expired or been evicted."""
+    request = ["host", "path", "request_body"]
+    frame = calls.join(bodies.select("call_id", "request_body"), on="call_id", how="left")
+    success = pl.col("error").is_null()
+    first = pl.col("started_at").filter(success).min().over(request)
+    first_id = (
+        pl.col("call_id").filter(success).sort_by(pl.col("started_at").filter(success)).first().over(request)
+    )
+    index = pl.int_range(pl.len(), dtype=pl.UInt64)
+    hit = success & (pl.col("started_at") > first) & ((index.hash(51) % 1000) < hit_share * 1000)
+    zero = pl.lit(0).cast(pl.Decimal(18, 9))
+    return (
+        frame.with_columns(_hit=hit.fill_null(False), _first=first_id)
+        .with_columns(
+            cache_hit=pl.col("_hit"),
+            cache_of=pl.when(pl.col("_hit")).then(pl.col("_first")),
+            cache_saved_usd=pl.when(pl.col("_hit")).then(pl.col("cost_usd")),
+            **{
+                c: pl.when(pl.col("_hit") & pl.col(c).is_not_null()).then(zero).otherwise(pl.col(c))
+                for c in _COSTS
+            },
+        )
+        .select(*calls.columns, "cache_hit", "cache_of", "cache_saved_usd")
+    )

@@ -6,9 +6,10 @@ Three kinds, flagged per call by :func:`waste_flags` and summed by :func:`waste`
   already answered successfully earlier; an exact-match response cache would have
   served it, so its whole cost is what such a cache would have saved. In a group of
   identical requests that all succeeded that is every call but the first; calls before
-  the first success are not counted (a cache cannot serve an answer it never got).
-  For requests sampled at a temperature above 0, serving a cached answer changes
-  behaviour, so read the figure as an upper bound.
+  the first success are not counted (a cache cannot serve an answer it never got), nor
+  are answers llmtap's response cache served (``cache_hit``: they cost nothing, see
+  :func:`analytics.cache.response_cache`). For requests sampled at a temperature above 0,
+  serving a cached answer changes behaviour, so read the figure as an upper bound.
 * **retried failure**: a call with an error that was followed, within ``retry_within``
   (default 10 minutes), by the next call with the same app, requested model and body;
   ``retries`` counts them and ``failed_attempt_cost_usd`` is what the failed attempts
@@ -34,13 +35,22 @@ from analytics.metrics import aggregate, count, known_sum, share
 RETRY_WITHIN = timedelta(minutes=10)
 
 
+def duplicate() -> pl.Expr:
+    """A paid-for repeat of a request answered before: started after the earliest success with
+    its ``body_hash`` (a masked minimum over the body's calls), and not served by the response
+    cache (see the module's docstring)."""
+    c = pl.col
+    first_success = pl.when(ok()).then(c("started_at")).min().over("body_hash")
+    repeat = c("body_hash").is_not_null() & (c("started_at") > first_success)
+    return (repeat & ~c("cache_hit").fill_null(False)).fill_null(False)
+
+
 def waste_flags(calls: pl.LazyFrame, retry_within: timedelta = RETRY_WITHIN) -> pl.LazyFrame:
     """``calls`` with boolean columns ``duplicate``, ``retried_failure``, ``truncated``
     and ``wasted`` (any of them), rows in their original order, for drilling into the
     calls behind :func:`waste`.
 
-    * duplicate: the call started after the earliest success with its ``body_hash``
-      (a masked minimum over the body's calls).
+    * duplicate: see :func:`duplicate`.
     * retried failure: in (app, request_model, body_hash; started_at) order, a failure
       whose next call has the same key and started within ``retry_within``. The order is
       a permutation column (an arg-sort by time, then a stable arg-sort by a hash of the
@@ -51,13 +61,11 @@ def waste_flags(calls: pl.LazyFrame, retry_within: timedelta = RETRY_WITHIN) -> 
       several times slower over a million distinct bodies.
     """
     c = pl.col
-    hashed = c("body_hash").is_not_null()
-    first_success = pl.when(ok()).then(c("started_at")).min().over("body_hash")
     frame = calls.with_columns(
         _by_time=c("started_at").arg_sort(),
         _key=pl.struct("app", "request_model", "body_hash").hash(),
-        _failed=is_error() & hashed,
-        duplicate=(hashed & (c("started_at") > first_success)).fill_null(False),
+        _failed=is_error() & c("body_hash").is_not_null(),
+        duplicate=duplicate(),
     ).with_columns(
         _by_key=c("_by_time").gather(pl.arg_sort_by(c("_key").gather(c("_by_time")), maintain_order=True))
     )

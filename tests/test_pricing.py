@@ -475,6 +475,9 @@ def _full_row(call: tuple) -> dict:
         "retry_of": None,
         "comparison": None,
         "agreement": None,
+        "cache_hit": None,
+        "cache_of": None,
+        "cache_saved_usd": None,
     }
 
 

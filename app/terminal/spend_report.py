@@ -71,7 +71,13 @@ VIEWS: dict[str, View] = {
     "latency": View("latency", ("provider", "model"), "latency and TTFT percentiles, stream speed"),
     "errors": View("errors", ("provider", "model"), "errors by kind"),
     "truncations": View("truncations", ("model",), "answers cut off at the output limit"),
-    "cache": View("cache_savings", ("model",), "prompt-cache reads and the money they saved"),
+    "cache": View(
+        "cache_summary",
+        ("model",),
+        "prompt-cache reads and what they saved; response-cache hits and what they saved, beside what "
+        "repeated requests still cost (what a cache would have saved)",
+        totals=True,
+    ),
     "waste": View("waste", ("app",), "duplicate requests, retried failures, truncated answers"),
     "burn": View(
         "burn", (), "spend so far this period, run rate, forecast", {"period": "period", "limit": "limit_usd"}

@@ -259,6 +259,11 @@ COST_COLUMNS = (
     "cost_usd",
     "input_cost_usd",
     *SHADOW_COLUMNS,
+    # The response cache beside the requests a cache would have served (analytics.response_cache).
+    "cache_hit",
+    "cache_saved_usd",
+    "body_hash",
+    "error",
 )
 #: The Costs page's breakdowns: tab label -> dimension.
 COST_DIMENSIONS = {"Model": "model", "Provider": "provider", "App": "app", "User": "user"}
@@ -272,21 +277,31 @@ class Costs:
     cache: pl.DataFrame
     cache_saved_usd: float
     unpriced: pl.DataFrame
+    #: llmtap's response cache by model (analytics.response_cache), and its totals: what its hits
+    #: saved, and what repeated requests still cost (what a cache would have saved).
+    response_cache: pl.DataFrame
+    response_cache_saved_usd: float | None
+    duplicate_cost_usd: float | None
 
 
 def costs(view: View) -> Costs:
     """The Costs page: spend by model, provider, app, user and each property; cache
-    savings by model; models with usage but no price."""
+    savings by model (prompt caches, and llmtap's response cache beside the repeated requests
+    it could have served); models with usage but no price."""
     frame = snapshot(view.calls(), COST_COLUMNS)
     dimensions = [*COST_DIMENSIONS.values(), *(f"property:{key}" for key in stored_property_keys(view))]
     cache = analytics.cache_savings(frame, by=["model"])
     total = analytics.spend(frame, by=[]).item(0, "cost_usd")
+    response = analytics.response_cache(frame, by=["model"])
     return Costs(
         total_usd=_float(total),
         by={name: analytics.spend(frame, by=[name]) for name in dimensions},
         cache=cache,
         cache_saved_usd=float(cache.get_column("net_saved_usd").sum()),
         unpriced=analytics.unpriced(frame),
+        response_cache=response,
+        response_cache_saved_usd=_float(response.get_column("cache_saved_usd").sum()),
+        duplicate_cost_usd=_float(response.get_column("duplicate_cost_usd").sum()),
     )
 
 

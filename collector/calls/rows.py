@@ -29,7 +29,14 @@ from collector.pricing.book import PriceBook, cost_columns
 from collector.pricing.rates import Rates
 from collector.providers import Endpoint, Provider, RequestFacts, ResponseFacts, Usage, builtin_providers
 from collector.storage import schema
-from collector.storage.schema import CallMetadata, Comparison, ModelRewrite, RoutingMarks, part_columns
+from collector.storage.schema import (
+    CacheMarks,
+    CallMetadata,
+    Comparison,
+    ModelRewrite,
+    RoutingMarks,
+    part_columns,
+)
 from collector.trust.boundary import BODY_LIMIT, column_values, json_value
 from collector.trust.failopen import failures
 from collector.wire.bodies import json_or_none
@@ -76,6 +83,7 @@ class Observed:
     rewrite: ModelRewrite = field(default_factory=ModelRewrite)
     routing: RoutingMarks = field(default_factory=RoutingMarks)
     comparison: Comparison = field(default_factory=Comparison)
+    cache: CacheMarks = field(default_factory=CacheMarks)
 
     def clean(self, secrets: Sequence[str] = ()) -> None:
         """Pass every field from outside through the boundary (:mod:`collector.trust.boundary`):
@@ -120,6 +128,7 @@ _PARTS: dict[str, type] = {
     "rewrite": ModelRewrite,
     "routing": RoutingMarks,
     "comparison": Comparison,
+    "cache": CacheMarks,
 }
 _PART_COLUMNS = {name: tuple(f.name for f in fields(part)) for name, part in _PARTS.items()}
 
@@ -201,6 +210,8 @@ class RowBuilder:
                 when=datetime.fromtimestamp(seen.started, UTC),
             )
         )
+        if seen.cache.cache_hit:
+            _served_from_cache(call)
         call = column_values(call, schema.LLM_CALLS, secrets)
         call["_start_ns"], call["_end_ns"] = int(seen.started * 1e9), int(seen.ended * 1e9)
         span = self.spans.record(call, seen.traceparent)
@@ -208,6 +219,18 @@ class RowBuilder:
         call["span"] = span
         call["body"] = _bodies(seen)
         return call
+
+
+def _served_from_cache(call: dict[str, Any]) -> None:
+    """A call the response cache answered cost nothing; what its answer would have cost from the
+    provider (its tokens priced as any call's: the original call's cost, unless prices changed
+    since or depend on the time of day) is what the cache saved. The price reference stays: it
+    says how the saving was priced."""
+    call["cache_saved_usd"] = call["cost_usd"]
+    call["cost_usd"] = call["input_cost_usd"] = call["output_cost_usd"] = _ZERO
+
+
+_ZERO = Decimal(0)
 
 
 def read_response(endpoint: Endpoint, status_code: int | None, body: Any) -> ResponseFacts:

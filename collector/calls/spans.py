@@ -46,6 +46,8 @@ ATTRIBUTES = {
     "call_id": "llmtap.call_id",
     "app": "llmtap.app",
     "ttft_ms": "llmtap.ttft_ms",
+    "cache_hit": "llmtap.cache_hit",
+    "cache_saved_usd": "llmtap.cache_saved_usd",
 }
 
 #: Whether the call was a stream (the GenAI conventions' attribute, set only on streams:

@@ -53,15 +53,27 @@ def _nano_to_usd(expr: str) -> str:
     return f"CAST(CAST({expr} AS DECIMAL(38,0)) * 0.000000001 AS DECIMAL(18,9))"
 
 
+_ZERO = "CAST(0 AS DECIMAL(18,9))"
+
+
 # The same integer arithmetic as PriceBook.price, for every stored call at once: the
 # join picks each call's group, time-of-day slot and prompt-size tier from the rates
-# table; a provider-reported cost wins and is split in the catalogue's proportions.
+# table; a provider-reported cost wins and is split in the catalogue's proportions. A call the
+# response cache answered costs 0 and keeps the price as what it saved (as
+# collector.calls.rows prices it).
 _UPDATE = f"""
 UPDATE llm_calls SET cost_usd = n.cost_usd, input_cost_usd = n.input_cost_usd,
-    output_cost_usd = n.output_cost_usd, price_ref = n.price_ref
+    output_cost_usd = n.output_cost_usd, price_ref = n.price_ref, cache_saved_usd = n.cache_saved_usd
 FROM (
+    SELECT rid,
+        CASE WHEN hit THEN {_ZERO} ELSE priced_cost END AS cost_usd,
+        CASE WHEN hit THEN {_ZERO} ELSE priced_input END AS input_cost_usd,
+        CASE WHEN hit THEN {_ZERO} ELSE priced_output END AS output_cost_usd,
+        price_ref,
+        CASE WHEN hit THEN priced_cost END AS cache_saved_usd
+    FROM (
     WITH j AS (
-        SELECT c.rowid AS rid, c.provider_cost_usd AS reported,
+        SELECT c.rowid AS rid, coalesce(c.cache_hit, false) AS hit, c.provider_cost_usd AS reported,
             CAST(c.provider_cost_usd * 1000000000 AS HUGEINT) AS t,
             r.r_in IS NOT NULL AND (c.input_tokens IS NOT NULL OR c.output_tokens IS NOT NULL) AS priced,
             r.ref, r.reported_ref,
@@ -88,20 +100,22 @@ FROM (
             CASE WHEN priced AND reported IS NULL THEN (b + 500000000) // 1000000000 END AS out_nano
         FROM j
     )
-    SELECT rid,
+    SELECT rid, hit,
         CASE WHEN reported IS NOT NULL THEN reported WHEN priced THEN {_nano_to_usd("in_nano + out_nano")}
-            END AS cost_usd,
-        {_nano_to_usd("in_nano")} AS input_cost_usd,
+            END AS priced_cost,
+        {_nano_to_usd("in_nano")} AS priced_input,
         CASE WHEN reported IS NULL THEN {_nano_to_usd("out_nano")} ELSE {_nano_to_usd("t - in_nano")}
-            END AS output_cost_usd,
+            END AS priced_output,
         CASE WHEN reported IS NOT NULL THEN reported_ref WHEN priced THEN ref END AS price_ref
     FROM s
+    )
 ) n
 WHERE llm_calls.rowid = n.rid AND (
     llm_calls.cost_usd IS DISTINCT FROM n.cost_usd
     OR llm_calls.input_cost_usd IS DISTINCT FROM n.input_cost_usd
     OR llm_calls.output_cost_usd IS DISTINCT FROM n.output_cost_usd
-    OR llm_calls.price_ref IS DISTINCT FROM n.price_ref)
+    OR llm_calls.price_ref IS DISTINCT FROM n.price_ref
+    OR llm_calls.cache_saved_usd IS DISTINCT FROM n.cache_saved_usd)
 """
 
 

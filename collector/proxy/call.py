@@ -16,7 +16,14 @@ Each stage writes only its own part, under its own key, and may read the others'
 * :data:`REFERENCE_KEY`: the reference answer the caller sent (``X-Llmtap-Reference``), for
   graders, written by the metadata stage;
 * :data:`GRADING_KEY`: the graders that will score the call's answer, written by the grading
-  stage at ``request`` (so the recorder keeps a streamed answer's text).
+  stage at ``request`` (so the recorder keeps a streamed answer's text);
+* :data:`CACHE_DIRECTIVES_KEY`: what the caller asked of the response cache (``X-Llmtap-Cache``,
+  ``X-Llmtap-Cache-Ttl``: :class:`CacheDirectives`), written by the metadata stage;
+* :data:`CACHE_KEY`: what the response cache did (:class:`~collector.storage.schema.CacheMarks`),
+  written by the cache stage;
+* :data:`CACHED_USAGE_KEY`: for an answer served from the cache, the usage the provider reported
+  when it was fetched (:class:`~collector.providers.ResponseFacts`), written by the cache stage
+  for the recorder: a replayed stream lacks it when its client did not ask for it.
 
 The parts other than the capture are declared in :mod:`collector.storage.schema` as their
 columns; the recorder puts them in the call's row as they are when the call ends.
@@ -36,6 +43,9 @@ from collector.storage.schema import CallMetadata, RoutingMarks
 from collector.wire.bodies import json_or_none
 
 __all__ = [
+    "CACHED_USAGE_KEY",
+    "CACHE_DIRECTIVES_KEY",
+    "CACHE_KEY",
     "CAPTURE_KEY",
     "COMPARISON_KEY",
     "GRADING_KEY",
@@ -43,6 +53,7 @@ __all__ = [
     "REFERENCE_KEY",
     "REWRITE_KEY",
     "ROUTING_KEY",
+    "CacheDirectives",
     "Capture",
     "keeps_answer_text",
     "made_by_llmtap",
@@ -56,6 +67,9 @@ ROUTING_KEY = "llmtap.routing"
 COMPARISON_KEY = "llmtap.comparison"
 REFERENCE_KEY = "llmtap.reference"
 GRADING_KEY = "llmtap.grading"
+CACHE_DIRECTIVES_KEY = "llmtap.cache_directives"
+CACHE_KEY = "llmtap.cache"
+CACHED_USAGE_KEY = "llmtap.cached_usage"
 
 
 @dataclass(slots=True)
@@ -95,6 +109,16 @@ class Capture:
             endpoint, body = self.endpoint, json_or_none(self.request_body)
             self.parsed_request = endpoint.provider.read_request(endpoint.api, self.path, body)
         return self.parsed_request
+
+
+@dataclass(slots=True)
+class CacheDirectives:
+    """What the caller's headers ask of the response cache: ``X-Llmtap-Cache: off`` bypasses it;
+    ``X-Llmtap-Cache-Ttl: SECONDS`` accepts only answers younger than that, and keeps a new one
+    no longer (the config's ``ttl_s`` still bounds both)."""
+
+    off: bool = False
+    ttl_s: float | None = None
 
 
 def metadata_of(flow: http.HTTPFlow) -> CallMetadata:

@@ -60,6 +60,11 @@ class Paths:
         return self.data_dir / "ca-bundle.pem"
 
     @property
+    def cache(self) -> Path:
+        """The response cache's answers (SQLite; see :mod:`collector.cache.store`)."""
+        return self.data_dir / "cache.sqlite3"
+
+    @property
     def budget_alerts(self) -> Path:
         """The budget alerts of the current periods, for the dashboard (JSON, replaced atomically)."""
         return self.data_dir / "budget_alerts.json"

@@ -4,9 +4,9 @@ One definition feeds the CREATE TABLE statements, the spool reader's column type
 and the exporter, so they cannot drift apart.
 
 The columns that proxy stages other than the recorder set (the caller's metadata, a model
-rewrite, routing, comparison) are declared here as the dataclasses those stages fill in flight
-(:mod:`collector.proxy.call`): the stage's part of the call state, the spool line and the
-row are all made from these fields, so a column of them is spelled once, here.
+rewrite, routing, comparison, the response cache) are declared here as the dataclasses those
+stages fill in flight (:mod:`collector.proxy.call`): the stage's part of the call state, the
+spool line and the row are all made from these fields, so a column of them is spelled once, here.
 """
 
 from __future__ import annotations
@@ -53,6 +53,16 @@ class Comparison:
 
     comparison: str | None = None
     agreement: bool | None = None
+
+
+@dataclass(slots=True)
+class CacheMarks:
+    """What the response cache did with the call (see :mod:`collector.proxy.addons.cache`):
+    nothing (NULL) when no cache applied to it, ``cache_hit`` false for a miss, true for an answer
+    served from the cache, with ``cache_of`` the call that fetched that answer from the provider."""
+
+    cache_hit: bool | None = None
+    cache_of: str | None = None
 
 
 #: SQL type per field annotation of the dataclasses above.
@@ -117,6 +127,10 @@ LLM_CALLS: dict[str, str] = {
     "retry_of": "VARCHAR",
     "comparison": "VARCHAR",
     "agreement": "BOOLEAN",
+    # The response cache (see collector/proxy/addons/cache.py): what it did and, for a hit (whose
+    # cost is 0), what the answer would have cost from the provider (its tokens priced).
+    **_columns(CacheMarks),
+    "cache_saved_usd": "DECIMAL(18,9)",
 }
 
 CALL_BODIES: dict[str, str] = {

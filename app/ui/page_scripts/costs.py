@@ -1,4 +1,5 @@
-"""Costs: spend by model, provider, app, user and property; cache savings; unpriced models."""
+"""Costs: spend by model, provider, app, user and property; cache savings (prompt caches, and
+llmtap's response cache beside the repeated requests a cache could have served); unpriced models."""
 
 import polars as pl
 import streamlit as st
@@ -69,6 +70,32 @@ st.dataframe(
         **{
             c: st.column_config.NumberColumn(c.replace("_", " "), format="dollar")
             for c in costs.cache.columns
+            if c.endswith("usd")
+        },
+    },
+)
+
+st.subheader("Response cache")
+saved, still_paid = st.columns(2)
+saved.metric(
+    "Saved by the response cache",
+    usd(costs.response_cache_saved_usd or 0),
+    help="what the answers llmtap's response cache served would have cost from the provider",
+)
+still_paid.metric(
+    "Repeated requests still paid for",
+    usd(costs.duplicate_cost_usd or 0),
+    help="requests answered successfully before and paid for again: what an exact-match cache "
+    "would have saved beyond its hits (an upper bound for answers sampled at a temperature above 0)",
+)
+st.dataframe(
+    printable_frame(costs.response_cache),
+    hide_index=True,
+    column_config={
+        "cache_hit_rate": st.column_config.NumberColumn("hit rate", format="percent"),
+        **{
+            c: st.column_config.NumberColumn(c.replace("_", " "), format="dollar")
+            for c in costs.response_cache.columns
             if c.endswith("usd")
         },
     },

@@ -8,7 +8,10 @@ Hooks, in the order mitmproxy calls them:
   the client at once while a copy is parsed for usage.
 * ``response`` / ``error``: finish the call: build the row and its span and append it to
   the spool. mitmproxy runs ``response`` before the client is sent the end of the
-  response, so a call the client has fully received is always already spooled.
+  response, so a call the client has fully received is always already spooled. An event
+  stream that reached the proxy whole (an answer the response cache served: mitmproxy sends
+  a response set before the upstream was asked in one piece, never through ``stream``) is read
+  through its tee here.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from mitmproxy import http
 from collector.calls.rows import Observed, RowBuilder, read_response, row_line
 from collector.calls.spans import SpanRecorder
 from collector.pricing.book import PriceBook
-from collector.providers import ProviderRegistry
+from collector.providers import ProviderRegistry, ResponseFacts
 from collector.proxy.call import (
+    CACHE_KEY,
+    CACHED_USAGE_KEY,
     CAPTURE_KEY,
     COMPARISON_KEY,
     REWRITE_KEY,
@@ -49,7 +54,9 @@ log = logging.getLogger("llmtap.recorder")
 #: The response header that tells the client its call's id.
 CALL_ID_HEADER = "X-Llmtap-Call-Id"
 #: Where the other stages' parts of the call state are, by Observed field.
-_PARTS = {"rewrite": REWRITE_KEY, "routing": ROUTING_KEY, "comparison": COMPARISON_KEY}
+_PARTS = {"rewrite": REWRITE_KEY, "routing": ROUTING_KEY, "comparison": COMPARISON_KEY, "cache": CACHE_KEY}
+#: The call's StreamTee (the recorder's own: ``flow.response.stream`` may be another stage's wrapper).
+_TEE_KEY = "llmtap.recorder.tee"
 
 
 class EventReader(Protocol):
@@ -185,6 +192,7 @@ class Recorder:
             flow.response.stream = True
         else:
             flow.response.stream = tee
+            flow.metadata[_TEE_KEY] = tee
         capture.streamed = True
 
     @fail_open
@@ -192,6 +200,8 @@ class Recorder:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is None or capture.done or flow.response is None:
             return
+        if capture.first_byte is None and (tee := flow.metadata.get(_TEE_KEY)) is not None:
+            _read_whole(flow.response, capture, tee)
         self._finish(flow, capture, error=None)
 
     @fail_open
@@ -215,6 +225,8 @@ class Recorder:
         if first_byte is None and response is not None:
             first_byte = response.timestamp_start
         body = decoded_body(response) if response is not None and not capture.streamed else None
+        if capture.streamed and capture.response.usage is None:
+            _usage_when_fetched(flow, capture)
         seen = Observed(
             call_id=capture.call_id,
             started=capture.started,
@@ -274,3 +286,22 @@ class Recorder:
             response_raw = body[:BODY_LIMIT] if body is not None else None
         seen.request_text = privacy.stored_body(capture.request_body[:BODY_LIMIT], mode, capture.secrets)
         seen.response_text = privacy.stored_body(response_raw, mode, capture.secrets)
+
+
+def _read_whole(response: http.Response, capture: Capture, tee: StreamTee) -> None:
+    """Read an event stream that reached the proxy in one piece (a cached answer) as if it had
+    streamed: its first byte left with the response's head."""
+    if raw := response.raw_content:
+        capture.first_byte = response.timestamp_start
+        tee(raw)
+        tee(b"")
+
+
+def _usage_when_fetched(flow: http.HTTPFlow, capture: Capture) -> None:
+    """A cached stream replayed without usage (its first client did not ask for it, so the
+    stream-usage stage took it out) gets the usage the provider reported when it was fetched."""
+    cached: ResponseFacts | None = flow.metadata.get(CACHED_USAGE_KEY)
+    if cached is not None:
+        facts = capture.response
+        facts.usage, facts.usage_raw = cached.usage, cached.usage_raw
+        facts.provider_cost_usd = facts.provider_cost_usd or cached.provider_cost_usd
