@@ -2,6 +2,7 @@
 
     uv run python bench/overhead.py [--markdown] [--duration S] [--rounds N]
     uv run --with py-spy python bench/overhead.py --profile 15   # plus where llmtap's time goes
+    uv run python bench/overhead.py --metrics    # llmtap with --metrics-port, scraped every second
 
 One small OpenAI chat completion (JSON with usage, not streamed) is sent over keep-alive
 connections to a fast local upstream (bench/_common.py), measured three ways:
@@ -27,6 +28,11 @@ p50 is connections / throughput and only the throughput ratio says something), t
 at half of what bare mitmproxy managed back to back, offered to both proxies alike: the
 latency a call gets below saturation.
 
+With ``--metrics`` llmtap runs with ``--metrics-port`` and a scraper in this process fetches
+``/metrics`` every second throughout (Prometheus at a short scrape interval), so each scrape
+queries the growing store on the proxy's metrics thread while the load runs; the summary
+says how many scrapes answered and how long they took.
+
 Targets: llmtap adds at most 0.3 ms to p50 over bare mitmproxy and keeps >= 90% of its
 requests per second.
 """
@@ -40,14 +46,21 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from _common import (
+    HOST,
+    ROOT,
     Bench,
+    Proc,
     ca_bundle,
     check_quiet,
     child_pids,
+    free_port,
     log,
     machine_line,
     percentile,
@@ -145,6 +158,11 @@ def main() -> None:
         help="then profile both proxies with py-spy for S seconds under https load (needs py-spy)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, profiles)")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="run llmtap with --metrics-port and scrape /metrics every second throughout",
+    )
     args = parser.parse_args()
     conns_list = [int(c) for c in args.conns.split(",")]
     modes = args.modes.split(",")
@@ -161,7 +179,13 @@ def main() -> None:
         bundle = ca_bundle(data)
         upstream = bench.upstream(tls_for=data / "ca")
         up_url = f"http://127.0.0.1:{upstream.port}"
-        llmtap = bench.llmtap(data, up_url)
+        scraper: Scraper | None = None
+        if args.metrics:
+            metrics_port = free_port()
+            llmtap = llmtap_with_metrics(bench, data, up_url, metrics_port)
+            scraper = Scraper(f"http://127.0.0.1:{metrics_port}/metrics").start()
+        else:
+            llmtap = bench.llmtap(data, up_url)
         bare = bench.bare(data / "ca", up_url)
         proxies = {"bare mitmproxy": bare, "llmtap": llmtap}
         log("warming up both proxies")
@@ -229,6 +253,7 @@ def main() -> None:
                             vs,
                         )
                     )
+        scraped = scraper.stop() if scraper is not None else ""
         stored = stored_rows(data / "llmtap.duckdb", through_llmtap)
         elapsed = time.monotonic() - started
         profile_text = profile(bench, args, llmtap, bare, bundle) if args.profile else ""
@@ -257,6 +282,8 @@ def main() -> None:
         f"llmtap recorded {stored:,} rows for the {through_llmtap:,} calls sent through it "
         f"(warm-ups included): {'all recorded' if stored == through_llmtap else 'MISMATCH'}."
     )
+    if scraped:
+        out.append(scraped)
     out.append(
         f"{args.rounds} rounds x {args.duration:g} s measured per proxy and case "
         f"(+{args.warmup:g} s warm-up each); {elapsed:.0f} s in all."
@@ -264,6 +291,79 @@ def main() -> None:
     if profile_text:
         out += ["", profile_text]
     print("\n".join(out))
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def llmtap_with_metrics(bench: Bench, data_dir: Path, upstream_url: str, metrics_port: int) -> Proc:
+    """The real ``llmtap proxy`` command, as :meth:`Bench.llmtap` starts it, plus ``--metrics-port``."""
+    port = free_port()
+    args = [sys.executable, "-m", "app.cli", "proxy", "--data-dir", str(data_dir), "--port", str(port)]
+    args += ["--upstream", f"{HOST}={upstream_url}", "--metrics-port", str(metrics_port)]
+    log_path = bench.tmp / f"llmtap-{port}-{len(bench.procs)}.log"
+    with open(log_path, "ab") as log_file:
+        popen = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
+        )
+    proc = Proc("llmtap", popen, log_path, port)
+    bench.procs.append(proc)
+    deadline = time.monotonic() + 60
+    while "listening on" not in log_path.read_text():
+        if popen.poll() is not None or time.monotonic() > deadline:
+            proc.stop(5)
+            raise RuntimeError(f"llmtap did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+class Scraper:
+    """Fetches the metrics endpoint every ``interval`` seconds, as Prometheus would, and keeps
+    each answer's status, time and the store query time it reports."""
+
+    def __init__(self, url: str, interval: float = 1.0) -> None:
+        self.url = url
+        self.interval = interval
+        self.results: list[tuple[int, float, float | None]] = []  # status, seconds, query seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def start(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            started = time.monotonic()
+            query_s = None
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as response:
+                    status = response.status
+                    body = response.read()
+                # Only the last line (llmtap's own gauge): this process shares the machine with
+                # the proxies, and parsing every line is Prometheus' cost, not llmtap's.
+                name, _, value = body.rstrip().rpartition(b"\n")[2].partition(b" ")
+                if name == b"llmtap_metrics_query_seconds":
+                    query_s = float(value)
+            except Exception as exc:
+                status = getattr(exc, "code", 0)
+            self.results.append((status, time.monotonic() - started, query_s))
+
+    def stop(self) -> str:
+        """Stop scraping; one line on what the scrapes saw."""
+        self._stop.set()
+        self._thread.join()
+        ok = [r for r in self.results if r[0] == 200]
+        seconds = sorted(r[1] * 1000 for r in ok)
+        queries = sorted({r[2] * 1000 for r in ok if r[2] is not None})
+        if not seconds:
+            return f"metrics: {len(self.results)} scrapes, none answered 200"
+        return (
+            f"metrics on: /metrics scraped every {self.interval:g} s, {len(ok)} of {len(self.results)} "
+            f"answered 200; answer p50 {percentile(seconds, 50):.1f} ms, max {seconds[-1]:.1f} ms; "
+            f"store query (each answer is reused for at least 1 s) p50 {percentile(queries, 50):.1f} ms, "
+            f"max {queries[-1]:.1f} ms"
+        )
 
 
 # -- profile ------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ def proxy_settings(
     upstreams: tuple[str, ...],
     config: str | None,
     rules: str | None,
+    metrics_port: int | None = None,
 ) -> Settings:
     """The settings :func:`proxy_options` give a command (the config file's, then the flags')."""
     return load_settings(
@@ -107,7 +108,17 @@ def proxy_settings(
         listen_port=port,
         upstream_flags=list(upstreams),
         rules_file=rules,
+        metrics_port=metrics_port,
     )
+
+
+#: ``--metrics-port``: `llmtap proxy` serves Prometheus metrics (see collector.metrics).
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="also serve Prometheus metrics at http://127.0.0.1:PORT/metrics (default: off)",
+)
 
 
 def proxy_options(default_port: int | None) -> Callable[[FC], FC]:

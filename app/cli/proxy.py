@@ -9,11 +9,12 @@ import click
 
 from app.cli.addresses import env_command
 from app.cli.exposure import PROXY_EXPOSURE, warn_if_exposed
-from app.cli.options import proxy_options, proxy_settings
+from app.cli.options import metrics_port_option, proxy_options, proxy_settings
 
 
 @click.command("proxy")
 @proxy_options(default_port=8080)
+@metrics_port_option
 def proxy_command(
     host: str,
     port: int,
@@ -21,6 +22,7 @@ def proxy_command(
     upstreams: tuple[str, ...],
     config: str | None,
     rules: str | None,
+    metrics_port: int | None,
 ) -> int:
     """Run the recording proxy in the foreground.
 
@@ -31,10 +33,12 @@ def proxy_command(
     Examples:
       llmtap proxy
       llmtap proxy --port 9000 --upstream api.openai.com=http://127.0.0.1:9001
+      llmtap proxy --metrics-port 9464
     """
+    from collector.metrics import MetricsPortError
     from collector.proxy.server import LlmtapProxy
 
-    settings = proxy_settings(host, port, data_dir, upstreams, config, rules)
+    settings = proxy_settings(host, port, data_dir, upstreams, config, rules, metrics_port)
     warn_if_exposed(settings.listen_host, settings.listen_port, PROXY_EXPOSURE)
     proxy = LlmtapProxy(settings)
 
@@ -43,9 +47,15 @@ def proxy_command(
         print(f"CA bundle: {listening.ca_bundle}", flush=True)
         print(f"store: {proxy.settings.paths.db}", flush=True)
         print(f'point apps at it with: eval "$({env_command(settings, listening.port)})"', flush=True)
+        if proxy.metrics is not None:
+            print(f"metrics: {proxy.metrics.url}", flush=True)
 
     try:
         asyncio.run(proxy.serve(announce))
+    except MetricsPortError as exc:
+        print(f"llmtap: error: {exc.strerror}", file=sys.stderr)
+        proxy.close()
+        return 1
     except OSError as exc:
         print(f"llmtap: error: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         proxy.close()

@@ -22,10 +22,13 @@ from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
 from collector.calls.spans import SpanRecorder
+from collector.metrics import MetricsServer
 from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
 from collector.proxy.addons.budget_guard import Budgets
+from collector.proxy.addons.cache import ResponseCache
 from collector.proxy.addons.comparison import CopyComparison
+from collector.proxy.addons.fallback import Fallbacks
 from collector.proxy.addons.feedback import FeedbackEndpoint
 from collector.proxy.addons.grading import Grading
 from collector.proxy.addons.metadata import MetadataHeaders
@@ -92,12 +95,16 @@ class LlmtapProxy:
         )
         self.budgets = Budgets(settings.budgets, paths.budget_alerts) if settings.budgets else None
         self.router = Router(paths.rules, settings.routing.noise_floor_fraction)
+        # No [cache] table, no stage: a cache that is off costs nothing.
+        self.cache = ResponseCache(settings.cache, paths.cache) if settings.cache is not None else None
         self.master: DumpMaster | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listening: Listening | None = None
         self.ready = threading.Event()
         #: After :meth:`close`: whether every spooled call reached the store.
         self.stored_all: bool | None = None
+        #: The Prometheus endpoint (``--metrics-port``), once :meth:`serve` has bound it.
+        self.metrics: MetricsServer | None = None
 
     def _stages(self) -> list[object]:
         """The pipeline's stages, in the order each mitmproxy event reaches them. Each stage
@@ -128,8 +135,16 @@ class LlmtapProxy:
             Grading(s.graders, self.spool, s.routing.judge_model, quote_graders=s.capture != "metadata"),
             # After any model rewrite: it edits the request as it will go upstream.
             StreamUsage(s.stream_usage),
+            # After budgets and the router: a call they answered (a block) or sent to another model
+            # is not cached. After stream usage: a miss's stream is stored exactly as the client
+            # received it, after stream usage took out what it added (its responseheaders wraps
+            # the stream first). Before the upstream rewrite: a hit goes nowhere.
+            *([self.cache] if self.cache is not None else []),
             # Last on the request: where the request, as the stages left it, is sent.
             UpstreamRewrite(s.upstreams),
+            # After the upstream rewrite: a call with a fallback chain goes first where it was
+            # going, through llmtap's relay, which falls back on a failure (transport included).
+            *([Fallbacks(s.fallbacks, self.spool, self.recorder.rows)] if s.fallbacks else []),
         ]
 
     def _configure(self, opts: options.Options) -> None:
@@ -145,8 +160,13 @@ class LlmtapProxy:
         )
 
     async def serve(self, on_ready: Callable[[Listening], None] | None = None) -> None:
-        """Run until :meth:`shutdown` (or SIGINT/SIGTERM when on the main thread)."""
+        """Run until :meth:`shutdown` (or SIGINT/SIGTERM when on the main thread). A metrics
+        port that cannot be bound raises MetricsPortError before the proxy listens."""
         self.loop = asyncio.get_running_loop()
+        if self.settings.metrics_port is not None:
+            # Off the event loop: scrapes query the store on the server's own thread.
+            budgets = self.budgets.budgets if self.budgets is not None else ()
+            self.metrics = MetricsServer(self.settings.paths.db, self.settings.metrics_port, budgets).start()
         opts = options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         self._configure(opts)  # after DumpMaster: its addons declare most options
@@ -193,6 +213,8 @@ class LlmtapProxy:
 
     def close(self, timeout: float = 15.0) -> bool:
         """Flush spans and load every spooled call into the store. False if some are left."""
+        if self.metrics is not None:
+            self.metrics.stop()
         self.spans.shutdown()
         saved = self.stored_all = self.ingester.stop(timeout)
         if not saved:

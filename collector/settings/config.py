@@ -40,6 +40,12 @@ The config file is TOML::
     judge_model = "gpt-4.1-mini"  # compares free-text shadow answers; unset: they are not compared
     noise_floor_fraction = 0.02 # share of shadowed calls also copied to their own model
 
+    [cache]                     # an exact-match response cache in the proxy (see CacheSettings)
+    ttl_s = 3600                # how long an answer is served again
+    max_mb = 256                # the most the stored answers take; least recently used go first
+    apps = ["checkout"]         # optional filters: apps, models, providers (lists); none: every call
+    share_across_keys = false   # true: callers with different API keys share answers
+
     [graders."correct"]         # scores answers in [0, 1] off the request path (see collector/grading)
     kind = "python"             # reference | json_schema | regex | judge | python | http
     function = "my_app.grading:score"
@@ -72,6 +78,7 @@ from pydantic import (
 
 from collector.grading.graders import GraderSpec, GraderTables, graders_from_table
 from collector.pricing.rates import Rates, tier_ref
+from collector.routing.fallbacks import FallbackTable
 from collector.settings.paths import Paths, resolve_data_dir
 from collector.settings.validation import (
     HttpUrl,
@@ -317,6 +324,60 @@ class RoutingSpec(Table):
     ] = 0.0
 
 
+# -- [cache] ------------------------------------------------------------------------------------
+
+Seconds = Annotated[float, Strict(), Field(gt=0, description="a positive number of seconds")]
+Megabytes = Annotated[float, Strict(), Field(gt=0, description="a positive number of megabytes (MB)")]
+Names = Annotated[tuple[Item, ...], Field(min_length=1)]
+
+
+class CacheSettings(Table):
+    """The ``[cache]`` table: an exact-match response cache in the proxy
+    (:mod:`collector.proxy.addons.cache`). No table, no cache: its stage is not even installed.
+
+    The filters choose the calls it serves (all of them when none is set): the apps
+    (``X-Llmtap-App`` or the config's ``app``), the models the clients ask for, the providers.
+    ``share_across_keys`` lets callers with different API keys share answers (by default each
+    key has its own)."""
+
+    ttl_s: Seconds = 3600.0
+    max_mb: Megabytes = 256.0
+    apps: Names | None = Field(default=None, description='a list of app names, e.g. ["checkout"]')
+    models: Names | None = Field(default=None, description='a list of model names, e.g. ["gpt-4o"]')
+    providers: Names | None = Field(default=None, description='a list of provider names, e.g. ["openai"]')
+    share_across_keys: StrictBool = False
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """A misspelt provider would silently never be cached. (Read here, not at import: the
+        settings load for every command, the providers only for this table.)"""
+        if names is None:
+            return None
+        from collector.providers import builtin_providers
+
+        known = sorted(p.name for p in builtin_providers())
+        if unknown := [name for name in names if name not in known]:
+            raise ValueError(f"unknown providers {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+        return names
+
+    def applies(self, app: str | None, model: str | None, provider: str) -> bool:
+        """Whether a call of ``app`` asking ``provider`` for ``model`` may be cached."""
+        return (
+            (self.apps is None or app in self.apps)
+            and (self.models is None or model in self.models)
+            and (self.providers is None or provider in self.providers)
+        )
+
+
+#: Why ``[cache]`` and a capture mode other than ``full`` are refused together.
+CACHE_CAPTURE_CONFLICT = (
+    "cannot be used with capture = {mode!r}: the response cache keeps whole answers on disk "
+    "(DATA_DIR/cache.sqlite3) to replay them, which that mode promises not to do; "
+    'use capture = "full" or remove [cache]'
+)
+
+
 # -- the file and the settings ------------------------------------------------------------------
 
 
@@ -352,6 +413,20 @@ class ConfigFile(Table):
         description='a table like {rules = "rules.yaml", judge_model = "gpt-4.1-mini"}',
     )
     graders: GraderTables = Field(default_factory=dict)
+    fallbacks: dict[
+        str,
+        Annotated[
+            FallbackTable,
+            Field(description='a table like {match = {model = "gpt-4o"}, to = ["gpt-4o-mini"]}'),
+        ],
+    ] = Field(default_factory=dict, description='a table of [fallbacks."NAME"] tables')
+    cache: CacheSettings | None = Field(default=None, description="a table like {ttl_s = 3600, max_mb = 256}")
+
+    @model_validator(mode="after")
+    def _cache_keeps_answers(self) -> ConfigFile:
+        if self.cache is not None and self.capture != "full":
+            raise field_error("cache", CACHE_CAPTURE_CONFLICT.format(mode=self.capture))
+        return self
 
 
 class Settings(Table):
@@ -375,8 +450,16 @@ class Settings(Table):
     budgets: tuple[BudgetSpec, ...] = ()
     #: Graders from the config's ``[graders."NAME"]`` tables, in file order.
     graders: tuple[GraderSpec, ...] = ()
+    #: Fallback chains from the config's ``[fallbacks."NAME"]`` tables, in file order.
+    fallbacks: dict[str, FallbackTable] = Field(default_factory=dict)
     recommend: RecommendSettings = RecommendSettings()
     routing: RoutingSpec = RoutingSpec()
+    #: The response cache from the config's ``[cache]`` table; None: no cache.
+    cache: CacheSettings | None = None
+    #: Serve Prometheus metrics on 127.0.0.1 at this port (``--metrics-port``); None: off.
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="a port number from 0 to 65535"
+    )
 
     @property
     def paths(self) -> Paths:
@@ -398,6 +481,7 @@ def load_settings(
     listen_port: int | None = None,
     upstream_flags: list[str] | None = None,
     rules_file: str | None = None,
+    metrics_port: int | None = None,
 ) -> Settings:
     """Merge defaults, the config file and command-line flags (flags win)."""
     file = read_config(Path(config_file).expanduser()) if config_file else ConfigFile()
@@ -419,8 +503,11 @@ def load_settings(
         "stream_usage": file.stream_usage,
         "budgets": tuple(BudgetSpec(name=name, **dict(table)) for name, table in file.budgets.items()),
         "graders": graders_from_table(file.graders),
+        "fallbacks": file.fallbacks,
         "recommend": file.recommend,
         "routing": routing,
+        "cache": file.cache,
+        "metrics_port": metrics_port,
     }
     try:
         return Settings(**values)
