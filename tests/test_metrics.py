@@ -38,13 +38,21 @@ import pytest
 from analytics.dimensions import error_kind
 from collector.budgets.limits import Budget
 from collector.metrics import MetricsPortError, MetricsServer
-from collector.metrics.exposition import number
-from collector.metrics.families import budget_use
+from collector.metrics.exposition import number, render
+from collector.metrics.families import budget_use, families
 from collector.metrics.labels import OTHER, LabelBounds, escape, shown
-from collector.metrics.query import SECONDS_BUCKETS, TOKEN_BUCKETS, error_kind_sql
+from collector.metrics.query import (
+    FALLBACK_ARM,
+    MAX_RAW_GROUPS,
+    SECONDS_BUCKETS,
+    TOKEN_BUCKETS,
+    error_kind_sql,
+    read_groups,
+)
 from collector.metrics.server import exposition
+from collector.proxy.addons import fallback as fallback_stage
 from collector.settings.config import BudgetSpec
-from collector.storage.database import ensure_schema
+from collector.storage.database import ensure_schema, read_connection
 from collector.trust.boundary import TRUNCATED
 from tests.conftest import running_proxy
 from tests.proxyproc import ProxyProcess, free_port
@@ -139,8 +147,19 @@ def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **w
     return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == w for k, w in where.items()))
 
 
-def scrape(db: Path, bounds: LabelBounds | None = None) -> str:
-    return exposition(db, bounds or LabelBounds())[0]
+def scrape(db: Path, bounds: LabelBounds | None = None, max_raw: int = MAX_RAW_GROUPS) -> str:
+    """The scrape's text (as :func:`exposition` makes it), its caps applied in Python, or with
+    ``max_raw=0`` in SQL: the two ways must agree."""
+    bounds = bounds or LabelBounds()
+    with read_connection(db) as con:
+        groups = read_groups(con, bounds.kept_lists(), bounds.free(), max_raw)
+    return render(families(groups, bounds, [], time.time()))
+
+
+@pytest.fixture(params=["python", "sql"])
+def capped_in(request) -> int:
+    """Where the label caps are applied: ``max_raw`` for :func:`scrape`."""
+    return MAX_RAW_GROUPS if request.param == "python" else 0
 
 
 def check_histograms(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, bounds) -> int:
@@ -173,10 +192,10 @@ def test_label_values_are_escaped_bounded_and_printable():
     )
 
 
-def test_hostile_label_values_round_trip_through_the_format(tmp_path):
+def test_hostile_label_values_round_trip_through_the_format(tmp_path, capped_in):
     nasty = 'app "quoted" \\ back\nslash\x1b[2J'
     db = make_store(tmp_path, [row(0, app=nasty), row(1, request_model="m" * 300), row(2, app=None)])
-    text = scrape(db)
+    text = scrape(db, max_raw=capped_in)
     samples = parse(text)
     apps = {labels.get("app") for labels, _ in samples["llmtap_calls_total"]}
     assert apps == {shown(nasty), "web", None}
@@ -188,7 +207,7 @@ def test_hostile_label_values_round_trip_through_the_format(tmp_path):
         assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_totals_histograms_and_error_kinds_equal_the_store(tmp_path):
+def test_totals_histograms_and_error_kinds_equal_the_store(tmp_path, capped_in):
     rows = [
         row(0, input_tokens=1, output_tokens=4, latency_ms=10.0),  # on the first bounds exactly
         row(1, input_tokens=5, output_tokens=None, latency_ms=10.5, stream=True, ttft_ms=20.0),
@@ -210,13 +229,15 @@ def test_totals_histograms_and_error_kinds_equal_the_store(tmp_path):
         row(10, api="embeddings", request_model="text-embedding-3-small", output_tokens=None),
     ]
     db = make_store(tmp_path, rows)
-    samples = parse(scrape(db))
+    text = scrape(db, max_raw=capped_in)
+    assert text == scrape(db)  # the same text either way
+    samples = parse(text)
     production = [r for r in rows if r.get("routing_arm") not in ("shadow", "judge")]
     assert total(samples, "llmtap_calls_total") == len(production) == 9
     assert Decimal(str(total(samples, "llmtap_cost_usd_total"))) == sum(
         (r["cost_usd"] for r in production if r["cost_usd"] is not None), Decimal(0)
     )
-    cost_lines = [line for line in scrape(db).splitlines() if line.startswith("llmtap_cost_usd_total{")]
+    cost_lines = [line for line in text.splitlines() if line.startswith("llmtap_cost_usd_total{")]
     assert any(line.endswith(" 0.123456789") for line in cost_lines)  # exact, as stored
     for kind in ("input", "output"):
         values = [r[f"{kind}_tokens"] for r in production if r[f"{kind}_tokens"] is not None]
@@ -245,6 +266,24 @@ def test_totals_histograms_and_error_kinds_equal_the_store(tmp_path):
     assert operations == {"chat", "embeddings"}
     for name in ("llmtap_calls_total", "llmtap_cost_usd_total", "llmtap_cache_hits_total"):
         assert all(set(labels) <= set(LABELS) for labels, _ in samples[name])
+
+
+def test_fallbacks_count_the_calls_a_fallback_answered(tmp_path):
+    chain = {"routing_arm": FALLBACK_ARM, "routing_rule": "fallback:chat"}
+    rows = [
+        row(0, **chain, status_code=503, error="http 503"),  # the chain's first attempt failed,
+        row(1, **chain, status_code=None, error="connection refused", retry_of="c0"),  # so did the next,
+        row(2, **chain, retry_of="c0", request_model="gpt-4o-mini"),  # the third answered
+        row(3, **chain),  # answered by a later target, the first ones skipped (breakers open)
+        row(4, routing_arm="retry", retry_of="c9"),  # a routing rule's retry with the client's model
+        row(5, routing_arm="retry", retry_of="c8", status_code=500, error="http 500"),  # failed too
+        row(6),
+    ]
+    samples = parse(scrape(make_store(tmp_path, rows)))
+    assert total(samples, "llmtap_fallbacks_total") == 3
+    assert total(samples, "llmtap_calls_total") == 7  # the attempts are the client's calls
+    assert total(samples, "llmtap_errors_total") == 3
+    assert FALLBACK_ARM == fallback_stage.FALLBACK_ARM
 
 
 def test_error_kinds_match_the_analytics():
@@ -281,12 +320,12 @@ def test_error_kinds_match_the_analytics():
     }
 
 
-def test_label_values_are_capped_and_sticky(tmp_path):
+def test_label_values_are_capped_and_sticky(tmp_path, capped_in):
     # 25 apps: app-00 called 25 times ... app-24 once.
     rows = [row(i * 100 + j, app=f"app-{i:02}") for i in range(25) for j in range(25 - i)]
     db = make_store(tmp_path, rows)
     bounds = LabelBounds()
-    samples = parse(scrape(db, bounds))
+    samples = parse(scrape(db, bounds, capped_in))
     calls = {labels["app"]: v for labels, v in samples["llmtap_calls_total"]}
     assert set(calls) == {f"app-{i:02}" for i in range(20)} | {OTHER}
     assert calls[OTHER] == 5 + 4 + 3 + 2 + 1  # app-20 .. app-24, summed: totals stay whole
@@ -297,19 +336,20 @@ def test_label_values_are_capped_and_sticky(tmp_path):
             "INSERT INTO llm_calls (call_id, started_at, provider, api, request_model, app)"
             " SELECT 'n' || i, now(), 'openai', 'chat', 'gpt-4o', 'newcomer' FROM range(100) t(i)"
         )
-    later = parse(scrape(db, bounds))
+    later = parse(scrape(db, bounds, capped_in))
     after = {labels["app"]: v for labels, v in later["llmtap_calls_total"]}
     assert set(after) == set(calls)
     assert after[OTHER] == calls[OTHER] + 100
     assert all(after[app] >= calls[app] for app in calls)
     # A fresh proxy (new bounds) ranks the store again: the newcomer gets its own series.
-    assert "newcomer" in {labels["app"] for labels, _ in parse(scrape(db))["llmtap_calls_total"]}
+    fresh = parse(scrape(db, max_raw=capped_in))
+    assert "newcomer" in {labels["app"] for labels, _ in fresh["llmtap_calls_total"]}
 
 
-def test_label_sets_are_capped(tmp_path):
+def test_label_sets_are_capped(tmp_path, capped_in):
     rows = [row(i, app=f"a{i % 4}", request_model=f"m{i % 5}") for i in range(40)]  # 20 sets, 2 calls each
     db = make_store(tmp_path, rows)
-    samples = parse(exposition(db, LabelBounds(max_sets=6))[0])
+    samples = parse(scrape(db, LabelBounds(max_sets=6), capped_in))
     sets = {tuple(labels.get(k) for k in LABELS) for labels, _ in samples["llmtap_calls_total"]}
     assert len(sets) == 7
     assert (OTHER, OTHER, OTHER, OTHER) in sets
@@ -318,11 +358,11 @@ def test_label_sets_are_capped(tmp_path):
 
 def test_an_empty_store_and_a_store_without_llm_calls(tmp_path):
     db = make_store(tmp_path, [])
-    samples = parse(scrape(db))
-    assert set(samples) == {"llmtap_metrics_query_seconds"}
+    assert set(parse(exposition(db, LabelBounds())[0])) == {"llmtap_metrics_query_seconds"}
+    assert parse(scrape(db, max_raw=0)) == {}
     bare = tmp_path / "bare.duckdb"
     duckdb.connect(str(bare)).close()
-    assert set(parse(scrape(bare))) == {"llmtap_metrics_query_seconds"}
+    assert set(parse(exposition(bare, LabelBounds())[0])) == {"llmtap_metrics_query_seconds"}
 
 
 @pytest.mark.parametrize("cache_columns", [False, True])

@@ -15,8 +15,9 @@ to underscores, the unit appended, ``{token}`` annotations dropped):
 each with ``gen_ai_operation_name``, ``gen_ai_provider_name``, ``gen_ai_request_model`` and
 ``app``, and the conventions' advised bucket bounds. llmtap's own counters carry the same four
 labels: ``llmtap_calls_total``, ``llmtap_cost_usd_total``, ``llmtap_errors_total`` (by
-``error_type``), ``llmtap_fallbacks_total`` (retries with the client's model after a
-rewritten call failed), ``llmtap_cache_hits_total`` and ``llmtap_cache_saved_usd_total``
+``error_type``), ``llmtap_fallbacks_total`` (calls a fallback answered: a fallback chain's
+later target, or a routing rule's retry with the client's model), ``llmtap_cache_hits_total``
+and ``llmtap_cache_saved_usd_total``
 (the response cache), and the gauge ``llmtap_budget_used_ratio`` per budget.
 """
 
@@ -171,7 +172,7 @@ def _llmtap(per_set: dict[str, _Totals], per_error: dict[tuple[str, str | None],
     fallbacks = Family(
         "llmtap_fallbacks_total",
         "counter",
-        "Retries with the client's model after a call a routing rule rewrote failed",
+        "Calls a fallback answered: a fallback chain's later target, or a routing rule's retry",
     )
     hits = Family("llmtap_cache_hits_total", "counter", "Calls answered from llmtap's response cache")
     saved = Family(

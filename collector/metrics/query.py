@@ -11,8 +11,8 @@ sending a new app name with every call yields a bounded result, not one row per 
 Only production calls count: the proxy's own evaluation calls (``routing_arm`` in
 :data:`collector.routing.rules.EVALUATION_ARMS`, or ``shadow_of`` set) are spend on
 choosing a model, which ``analytics.shadow_spend`` reports; the analytics' spend and
-summary leave them out the same way. Retries (``retry_of`` set) are production: the client
-got their answer.
+summary leave them out the same way. Retries and fallback attempts are production: they are
+the client's call (see :data:`FALLBACK_ARM`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,17 @@ __all__ = [
     "CACHE_COLUMNS",
     "COLUMNS",
     "ERROR_KINDS",
+    "FALLBACK_ARM",
     "HISTOGRAMS",
     "LABELS",
+    "MAX_RAW_GROUPS",
     "MONEY",
     "SECONDS_BUCKETS",
     "TOKEN_BUCKETS",
     "Group",
     "build_query",
     "error_kind_sql",
+    "raw_query",
     "read_groups",
     "store_columns",
 ]
@@ -68,6 +71,13 @@ _MS_BOUNDS: tuple[int, ...] = tuple(10 * 2**i for i in range(len(SECONDS_BUCKETS
 
 #: The labels whose values come from traffic and are capped (the store's column for each).
 LABELS: dict[str, str] = {"provider": "provider", "model": "request_model", "app": "app"}
+
+#: ``routing_arm`` of a fallback chain's attempts and of the call a later target answered
+#: (``collector.proxy.addons.fallback.FALLBACK_ARM``; a stage the collector's other parts do not
+#: import). A call a fallback answered has no error and ``retry_of`` set (the first attempt), or
+#: no ``retry_of`` when the targets before it were skipped (their circuit breakers open); a
+#: routing rule's retry with the client's model (arm ``retry``) has ``retry_of`` set too.
+FALLBACK_ARM = "fallback"
 
 #: Columns the response cache adds; a store written before it lacks them.
 CACHE_COLUMNS = ("cache_hit", "cache_saved_usd")
@@ -143,7 +153,7 @@ def _aggregates(columns: set[str]) -> list[str]:
     aggregates = [
         "count(*) AS calls",
         "sum(cost_usd) AS cost_usd",
-        "count(retry_of) AS fallbacks",
+        f"count_if(error IS NULL AND (retry_of IS NOT NULL OR routing_arm = '{FALLBACK_ARM}')) AS fallbacks",
         f"{cache_hit} AS cache_hits",
         f"{cache_saved} AS cache_saved_usd",
         *_histogram("input", "input_tokens", TOKEN_BUCKETS),
@@ -177,29 +187,43 @@ class Group:
         return self.values[COLUMNS.index(name)]
 
 
-def _final_sum(name: str) -> str:
-    """The sum over a final group, typed for a cheap fetch: converting the result to Python
-    objects holds the GIL (the proxy's event loop waits), and DuckDB's HUGEINT and DECIMAL
-    convert slowly (~15 ms for a few hundred rows). Counts fit BIGINT; token sums go as DOUBLE
-    (what Prometheus keeps; exact below 2**53); money as text, rendered as stored."""
+def _fetchable(name: str, expression: str) -> str:
+    """A sum typed for a cheap fetch: converting the result to Python objects holds the GIL
+    (the proxy's event loop waits), and DuckDB's HUGEINT and DECIMAL convert slowly (~15 ms
+    for a few hundred rows). Counts fit BIGINT; token and time sums go as DOUBLE (what
+    Prometheus keeps; exact below 2**53); money as text, rendered as stored."""
     if name in MONEY:
-        return f"sum({name})::VARCHAR"
+        return f"({expression})::VARCHAR"
     if name.endswith("_sum"):
-        return f"sum({name})::DOUBLE"
-    return f"coalesce(sum({name}), 0)::BIGINT"
+        return f"({expression})::DOUBLE"
+    return f"coalesce({expression}, 0)::BIGINT"
+
+
+def _production() -> str:
+    arms = ", ".join(f"'{arm}'" for arm in EVALUATION_ARMS)
+    return f"shadow_of IS NULL AND (routing_arm IS NULL OR routing_arm NOT IN ({arms}))"
+
+
+def _raw_labels() -> str:
+    return ", ".join(f"{column} AS {label}" for label, column in LABELS.items())
+
+
+def raw_query(columns: set[str]) -> str:
+    """The usual scrape's SQL: the sums per raw label values (provider, model, app, api, error
+    kind), at most ``$limit`` rows; the caps are applied in Python (:func:`read_groups`)."""
+    sums = [_fetchable(_alias(a), a.rsplit(" AS ", 1)[0]) + f" AS {_alias(a)}" for a in _aggregates(columns)]
+    return (
+        f"SELECT {_raw_labels()}, api, {error_kind_sql()} AS error_kind, {', '.join(sums)}"
+        f" FROM llm_calls WHERE {_production()} GROUP BY ALL LIMIT $limit"
+    )
 
 
 def build_query(columns: set[str]) -> str:
-    """The scrape's SQL for a store with ``columns``; its parameters, per label of
+    """The scrape's SQL when the raw label values are too many to fetch (a client sending a
+    new app name with every call): the caps applied in SQL. Its parameters, per label of
     :data:`LABELS`: ``kept_LABEL`` (the values shown so far) and ``free_LABEL`` (how many
     more may be admitted, the most called first)."""
     aggregates = _aggregates(columns)
-    production = (
-        "shadow_of IS NULL AND (routing_arm IS NULL OR routing_arm NOT IN ("
-        + ", ".join(f"'{arm}'" for arm in EVALUATION_ARMS)
-        + "))"
-    )
-    raw = ", ".join(f"{column} AS {label}" for label, column in LABELS.items())
     # Per label, the values admitted now: the most called of those not shown yet, as a list.
     admitted = [
         f"new_{label} AS (SELECT list(v) AS v FROM (SELECT {label} AS v FROM grouped"
@@ -215,10 +239,10 @@ def build_query(columns: set[str]) -> str:
     ]
     shown = [f"CASE WHEN {label}_kept THEN {label} END AS {label}" for label in LABELS]
     flags = [f"NOT {label}_kept AS {label}_other" for label in LABELS]
-    sums = [f"{_final_sum(_alias(a))} AS {_alias(a)}" for a in aggregates]
+    sums = [f"{_fetchable(_alias(a), f'sum({_alias(a)})')} AS {_alias(a)}" for a in aggregates]
     return (
-        f"WITH grouped AS (SELECT {raw}, api, {error_kind_sql()} AS error_kind, {', '.join(aggregates)}"
-        f" FROM llm_calls WHERE {production} GROUP BY ALL), "
+        f"WITH grouped AS (SELECT {_raw_labels()}, api, {error_kind_sql()} AS error_kind,"
+        f" {', '.join(aggregates)} FROM llm_calls WHERE {_production()} GROUP BY ALL), "
         + ", ".join(admitted)
         + f", marked AS (SELECT *, {', '.join(kept)} FROM grouped)"
         + f" SELECT {', '.join([*shown, *flags])}, api, error_kind, {', '.join(sums)}"
@@ -227,46 +251,98 @@ def build_query(columns: set[str]) -> str:
 
 
 def store_columns(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """The columns ``llm_calls`` has (none when the table does not exist yet), from the
-    catalogue (DuckDB's ``duckdb_columns()``: ``information_schema.columns`` is a view over it
-    that costs ~20 ms more on a fresh connection)."""
-    rows = con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = 'llm_calls'"
-    ).fetchall()
-    return {name for (name,) in rows}
+    """The columns ``llm_calls`` has (none when the table does not exist yet). ``PRAGMA
+    table_info`` costs under a millisecond on a fresh connection, where ``information_schema``
+    and ``duckdb_columns()`` cost about 20 (they read the whole catalogue), on every scrape."""
+    try:
+        rows = con.execute("PRAGMA table_info('llm_calls')").fetchall()
+    except duckdb.CatalogException:
+        return set()
+    return {row[1] for row in rows}
+
+
+#: Most raw label sets fetched as they are; past it the caps are applied in SQL instead.
+MAX_RAW_GROUPS = 2000
 
 
 def read_groups(
-    con: duckdb.DuckDBPyConnection, kept: Mapping[str, Sequence[str]], free: Mapping[str, int]
+    con: duckdb.DuckDBPyConnection,
+    kept: Mapping[str, Sequence[str]],
+    free: Mapping[str, int],
+    max_raw: int = MAX_RAW_GROUPS,
 ) -> list[Group]:
     """The production calls' sums per label set, each label's values limited to those in
     ``kept`` plus at most ``free`` more (the most called first); empty for a store without
-    ``llm_calls``."""
+    ``llm_calls``.
+
+    Usually the raw sums are fetched (a few hundred rows) and capped here: the one-stage query
+    plans in half the time of the two-stage one, on every scrape. When there are more than
+    ``max_raw`` raw label sets, the two-stage query caps them in SQL, so what is fetched
+    stays small however many values traffic made up."""
     columns = store_columns(con)
     if not columns:
         return []
+    rows = con.execute(raw_query(columns), {"limit": max_raw + 1}).fetchall()
+    if len(rows) <= max_raw:
+        return _capped(rows, kept, free)
     params: dict[str, Any] = {}
     for label in LABELS:
         params[f"kept_{label}"] = list(kept[label])
         params[f"free_{label}"] = free[label]
-    cursor = con.execute(build_query(columns), params)
-    labels = 8  # provider, model, app, their three flags, api, error_kind
-    money = [COLUMNS.index(name) for name in MONEY]
     groups = []
-    for row in cursor.fetchall():
-        values = [0 if value is None else value for value in row[labels:]]
-        for i in money:
-            values[i] = Decimal(values[i])
-        provider, model, app, *flags, api, error_kind = row[:labels]
-        groups.append(
-            Group(
-                provider=provider,
-                model=model,
-                app=app,
-                other=frozenset(label for label, flag in zip(LABELS, flags, strict=True) if flag),
-                api=api,
-                error_kind=error_kind,
-                values=tuple(values),
-            )
-        )
+    for row in con.execute(build_query(columns), params).fetchall():
+        provider, model, app, *flags, api, error_kind = row[:8]
+        other = frozenset(label for label, flag in zip(LABELS, flags, strict=True) if flag)
+        groups.append(Group(provider, model, app, other, api, error_kind, _values(row[8:])))
     return groups
+
+
+def _values(sums: Sequence[Any]) -> tuple[Any, ...]:
+    values = [0 if value is None else value for value in sums]
+    for i in _MONEY_AT:
+        values[i] = Decimal(values[i])
+    return tuple(values)
+
+
+_MONEY_AT = [COLUMNS.index(name) for name in MONEY]
+_CALLS_AT = COLUMNS.index("calls")
+
+
+def _capped(
+    rows: Sequence[tuple[Any, ...]], kept: Mapping[str, Sequence[str]], free: Mapping[str, int]
+) -> list[Group]:
+    """Raw rows (provider, model, app, api, error kind, sums) with the caps applied as the
+    two-stage query applies them: per label, the values kept so far, then the most called
+    others while there is room (ties by value), the rest None and flagged ``other``; rows that
+    become alike are summed."""
+    shown: dict[str, set[str]] = {}
+    for i, label in enumerate(LABELS):
+        before = set(kept[label])
+        calls: dict[str, int] = {}
+        for row in rows:
+            value = row[i]
+            if value is not None and value not in before:
+                calls[value] = calls.get(value, 0) + row[5 + _CALLS_AT]
+        ranked = sorted(calls, key=lambda value: (-calls[value], value))
+        shown[label] = before | set(ranked[: free[label]])
+    merged: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        labels: list[str | None] = []
+        other = []
+        for i, label in enumerate(LABELS):
+            value = row[i]
+            if value is None or value in shown[label]:
+                labels.append(value)
+            else:
+                labels.append(None)
+                other.append(label)
+        key = (*labels, frozenset(other), row[3], row[4])
+        values = _values(row[5:])
+        if key in merged:
+            merged[key] = [a + b for a, b in zip(merged[key], values, strict=True)]
+        else:
+            merged[key] = list(values)
+    return [
+        Group(provider, model, app, other, api, error_kind, tuple(values))
+        for (provider, model, app, other, api, error_kind), values in merged.items()
+    ]
