@@ -4,13 +4,15 @@ routing recommender stand on.
     import analytics
     calls = analytics.load("~/.llmtap", since="2026-11-01")     # a LazyFrame; nothing read yet
     analytics.spend(calls, by=["app", "property:team", "week"])  # reads the store once
+    fleet = analytics.load("postgresql://llmtap@db/llmtap")     # every sidecar's calls, with node
 
 :func:`load` gives the store's calls as a LazyFrame (:func:`load_scores` their scores, which
 :func:`import_feedback` adds to from a file); every analysis is a plain function
 of that frame (plus parameters) returning a DataFrame, built from Polars expressions
-(no Python loop over calls). The store is open only while a result is collected, for
-DuckDB's scan of the columns the analysis needs (see :mod:`analytics.source`), so
-analyses run safely beside a recording proxy. Grouping (``by``) accepts the names in
+(no Python loop over calls). The store (a local DuckDB file, or the fleet's PostgreSQL:
+:mod:`analytics.engines`) is open only while a result is collected, for one query on the
+columns the analysis needs (see :mod:`analytics.source`), so analyses run safely beside a
+recording proxy, and give the same answers from either engine. Grouping (``by``) accepts the names in
 :data:`DIMENSIONS`, ``property:KEY`` and any column (see :mod:`analytics.dimensions`).
 
 * :func:`spend`, :func:`summary`: calls, tokens, cost (:mod:`analytics.metrics`)

@@ -18,6 +18,7 @@ from collector.pricing.book import PriceBook
 from collector.providers import ProviderRegistry
 from collector.proxy.addons.recorder import Recorder
 from collector.proxy.addons.router import Router
+from collector.routing.rules import RulesFile
 from collector.storage.spool import Spool
 
 CALLS = 200_000
@@ -45,9 +46,9 @@ def main() -> None:
         flow.request = http.Request.make("POST", url, json.dumps(body), {"authorization": "Bearer x"})
         recorder.request(flow)
         rules = data / "rules.yaml"
-        print(f"no rules file:         {per_call_us(Router(rules), flow):.2f} us/call")
+        print(f"no rules file:         {per_call_us(Router(RulesFile(rules)), flow):.2f} us/call")
         rules.write_text(json.dumps({"version": 1, "rules": [RULE]}))
-        print(f"one non-matching rule: {per_call_us(Router(rules), flow):.2f} us/call")
+        print(f"one non-matching rule: {per_call_us(Router(RulesFile(rules)), flow):.2f} us/call")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.demo_data import demo_data  # noqa: F401 - one demo store per session, for several modules
+from tests.pgserver import PgServer
 from tests.proxyproc import ProxyProcess
 from tests.upstream import FakeUpstream
 
@@ -53,3 +54,14 @@ def browser() -> Iterator:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A private PostgreSQL cluster for the session (tests/pgserver.py), removed afterwards;
+    each test makes its own database with ``pg_server.create_database()``."""
+    server = PgServer()
+    try:
+        yield server.init()
+    finally:
+        server.remove()

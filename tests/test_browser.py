@@ -48,10 +48,19 @@ def usd(value: float) -> str:
 
 
 @contextmanager
-def running_dashboard(data_dir: Path) -> Iterator[str]:
-    """``llmtap ui`` on ``data_dir`` and its demo config, on a free port; its URL."""
+def running_dashboard(data_dir: Path, *extra: str) -> Iterator[str]:
+    """``llmtap ui`` on ``data_dir`` and its demo config (and ``extra`` options), on a free
+    port; its URL."""
     port = free_port()
-    command = ["--data-dir", str(data_dir), "--port", str(port), "--config", str(data_dir / "demo.toml")]
+    command = [
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--config",
+        str(data_dir / "demo.toml"),
+        *extra,
+    ]
     log_path = data_dir.parent / f"ui-{port}.log"
     with open(log_path, "w") as log:
         ui = subprocess.Popen(
@@ -302,3 +311,29 @@ def pick_call(page, call_id: str) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=OPEN_WAIT_MS
     )
+
+
+def test_the_dashboard_on_the_fleet_store(browser, demo_data: Path, pg_server) -> None:
+    """``llmtap ui --store postgresql://...``: the demo's calls copied into a fleet store over
+    two nodes show the same figures, the sidebar offers a node filter, and the store is named
+    with its password hidden."""
+    from bench.fleet_read import copy_to_fleet
+
+    database = pg_server.create_database()
+    with pg_server.connect(database) as conn:
+        copy_to_fleet(demo_data / "llmtap.duckdb", conn, node="'node-' || (hash(c.call_id) % 2)")
+    url = pg_server.url(database)
+    with running_dashboard(demo_data, "--store", url) as dashboard_url:
+        page = open_page(browser, dashboard_url, "", "Overview")
+        try:
+            con = duckdb.connect(str(demo_data / "llmtap.duckdb"), read_only=True)
+            (calls,) = con.execute("SELECT count(*) FROM llm_calls WHERE " + APP_CALLS).fetchone()
+            con.close()
+            assert metric(page, "Calls") == f"{calls:,}"
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            assert sidebar.get_by_text("Node", exact=True).count() == 1
+            assert "***@127.0.0.1" in sidebar.inner_text()
+            assert pg_server.password not in page.content()
+            assert not page.locator('[data-testid="stException"]').count()
+        finally:
+            page.close()

@@ -4,9 +4,10 @@ Prompt caching pays where requests share a long prefix (system prompt, tools, le
 messages) yet little of their input is read from cache. Requests are compared by a hash
 of the first :data:`PREFIX_CHARS` characters of their prompt part (system, tools and
 messages / contents / input of the stored JSON body; about :data:`PREFIX_TOKENS`
-tokens, the smallest prefix OpenAI and Anthropic cache). Only the hashed part is
-counted as cacheable, so the estimate is a floor. Without stored bodies (capture mode
-``metadata``) the repeats cannot be seen, and the record says so.
+tokens, the smallest prefix OpenAI and Anthropic cache; each engine computes the hash, see
+:meth:`analytics.engines.Reader.prefix_hashes`). Only the hashed part is counted as
+cacheable, so the estimate is a floor. Without stored bodies (capture mode ``metadata``, or
+the fleet store, which keeps none) the repeats cannot be seen, and the record says so.
 
 The batch APIs (half price at most providers, answers within 24 hours) suit routes that
 no one waits on: no streamed call, no call naming a user or session, and traffic spread
@@ -18,17 +19,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 
 import polars as pl
 
+from analytics.engines import Reader, Window
 from analytics.recommender.catalogue import batch_discount, prices_id
 from analytics.recommender.record import Kind, Recommendation
 from analytics.recommender.route_costs import Savings
 from analytics.recommender.routes import ROUTE, production
 from analytics.recommender.swaps import Route
 from collector.pricing.book import PriceBook
-from collector.storage.database import read_connection
 
 PREFIX_CHARS = 4096
 PREFIX_TOKENS = 1024
@@ -38,36 +38,12 @@ MIN_REPEAT_SHARE = 0.2
 MAX_CACHED_SHARE = 0.1
 MIN_ACTIVE_HOURS = 3
 
-_PROMPT_PART = " || ".join(
-    f"coalesce(json_extract(b.request_body, '$.{key}')::VARCHAR, '')"
-    for key in ("system", "tools", "messages", "contents", "input")
-)
-_PREFIXES = f"""
-SELECT call_id,
-    CASE WHEN length(prompt) >= {PREFIX_CHARS} THEN hash(left(prompt, {PREFIX_CHARS})) END AS prefix_hash
-FROM (
-    SELECT b.call_id, {_PROMPT_PART} AS prompt FROM call_bodies b JOIN llm_calls c USING (call_id)
-    WHERE b.request_body IS NOT NULL AND json_valid(b.request_body) {{window}}
-)
-"""
 
-
-def prefix_hashes(db: Path, since: datetime | None, until: datetime | None) -> pl.DataFrame:
+def prefix_hashes(store: Reader, since: datetime | None, until: datetime | None) -> pl.DataFrame | None:
     """(call_id, prefix_hash) of every call with a stored JSON body; the hash is null when
-    its prompt part is shorter than :data:`PREFIX_CHARS`."""
-    bounds = [
-        (clause, bound)
-        for clause, bound in (("c.started_at >= ?", since), ("c.started_at < ?", until))
-        if bound
-    ]
-    window = "".join(f" AND {clause}" for clause, _ in bounds)
-    with read_connection(db) as con:
-        table = con.sql(
-            _PREFIXES.format(window=window), params=[bound for _, bound in bounds]
-        ).to_arrow_table()
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
+    its prompt part is shorter than :data:`PREFIX_CHARS`. None when the store keeps no bodies
+    (the fleet store: they stay on the sidecars)."""
+    return store.prefix_hashes(Window(since, until), PREFIX_CHARS)
 
 
 def prefix_repeats(calls: pl.LazyFrame, prefixes: pl.DataFrame) -> pl.DataFrame:
@@ -100,7 +76,8 @@ def prompt_caching(
             base,
             status="needs_evidence",
             reason=f"prompts average {route.mix.input:.0f} tokens with little read from cache, but no "
-            "request body is at hand (capture = metadata) to show whether their prefixes repeat",
+            "request body is at hand (capture = metadata, or the fleet store) to show whether their "
+            "prefixes repeat",
         )
         return
     rates = book.rates(prices_id(route.provider), route.incumbent, None, route.window_end)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import polars as pl
 
+from analytics.engines import reader
 from analytics.recommender.opportunities import batch_api, prefix_hashes, prefix_repeats, prompt_caching
 from analytics.recommender.quality import quality_evidence
 from analytics.recommender.record import Recommendation
 from analytics.recommender.routes import ROUTE, route_profiles, shadow_evidence
 from analytics.recommender.swaps import Route, model_swaps
-from analytics.source import db_path, instant, load, load_scores
+from analytics.source import instant, load, load_scores
 from collector.pricing.book import PriceBook
 from collector.settings.config import RecommendSettings
 
@@ -32,8 +33,9 @@ def recommend(
 ) -> list[Recommendation]:
     """Recommendations for every route of the calls started in ``[since, until)``.
 
-    ``data`` is a data directory or its ``llmtap.duckdb`` (None: the default one), or a
-    calls LazyFrame of :func:`analytics.load` (then no request body is at hand, and
+    ``data`` is a store as :func:`analytics.load` takes it (a data directory, its
+    ``llmtap.duckdb``, a fleet store's URL; None: the default one), or a calls LazyFrame
+    of :func:`analytics.load` (then no request body is at hand, and
     prompt-caching records say so, and ``scores`` may give the scores of
     :func:`analytics.source.load_scores`). ``book`` prices models (pass one built with the
     config's ``[prices]`` overrides). Records come recommended first, then those needing
@@ -45,7 +47,7 @@ def recommend(
         calls, prefixes = data, None
     else:
         calls = load(data, start, end)
-        prefixes = prefix_hashes(db_path(data), start, end)
+        prefixes = prefix_hashes(reader(data), start, end)
         scores = load_scores(data) if scores is None else scores
     profiles = route_profiles(calls).collect()
     if profiles.is_empty():

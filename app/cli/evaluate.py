@@ -6,12 +6,24 @@ from datetime import datetime
 
 import click
 
-from app.cli.options import config_option, data_dir_option, rules_option, upstream_option, window_options
+from app.cli.options import (
+    config_option,
+    data_dir_option,
+    rules_option,
+    store_option,
+    upstream_option,
+    window_options,
+)
+from collector.fleet.names import is_fleet_url
 from collector.settings.config import load_settings
 
 
 @click.command("evaluate")
 @data_dir_option()
+@store_option(
+    "the local store whose calls to copy: a data directory (default: $LLMTAP_STORE, else --data-dir); "
+    "not a fleet store, which keeps no request bodies"
+)
 @config_option("TOML config file ([routing], [prices], upstreams)")
 @rules_option()
 @click.option("--rule", metavar="ID", help="evaluate this one rule, whatever its mode")
@@ -20,6 +32,7 @@ from collector.settings.config import load_settings
 @upstream_option("send copies meant for HOST to URL instead (repeatable), as the proxy's --upstream")
 def evaluate_command(
     data_dir: str | None,
+    store: str | None,
     config: str | None,
     rules: str | None,
     rule: str | None,
@@ -45,8 +58,16 @@ def evaluate_command(
       OPENAI_API_KEY=sk-... llmtap evaluate
       llmtap evaluate --rule cheaper-summaries --since 2026-03-01 --limit 200
     """
+    from analytics.engines.local import LocalStore
     from app.terminal.evaluation import evaluate
 
+    if is_fleet_url(store):
+        raise click.UsageError(
+            "evaluate resends stored request bodies, which stay on the sidecar that recorded them: "
+            "run it on a sidecar (--data-dir), not on the fleet store"
+        )
+    if store is not None:
+        data_dir = str(LocalStore.of(store).db.parent)
     settings = load_settings(
         data_dir=data_dir, config_file=config, upstream_flags=list(upstreams), rules_file=rules
     )

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from app.cli.addresses import DEFAULT_HOST
+from collector.fleet.names import STORE_ENV
 from collector.settings.config import Settings, load_settings
 from collector.storage.export import parse_instant
 from collector.trust import logs
@@ -48,6 +49,24 @@ def data_dir_option(
     help: str = "data directory (default: $LLMTAP_DATA_DIR, else ~/.llmtap)",
 ) -> Callable[[FC], FC]:
     return click.option("--data-dir", metavar="DIR", help=help)
+
+
+def store_option(
+    help: str = "the store to read: a fleet store's postgresql://USER@HOST[:PORT]/DB URL (password in "
+    "it or in PGPASSWORD; never printed) or a data directory (default: $LLMTAP_STORE, else the "
+    "--data-dir's store)",
+) -> Callable[[FC], FC]:
+    return click.option("--store", metavar="URL", envvar=STORE_ENV, help=help)
+
+
+#: ``--node``: only the calls some fleet nodes recorded (a fleet store's ``node`` column).
+node_option = click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    metavar="NAME",
+    help="only the calls this fleet node recorded (repeatable; needs a fleet --store)",
+)
 
 
 def config_option(help: str = "TOML config file (see README)") -> Callable[[FC], FC]:

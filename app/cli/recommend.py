@@ -7,12 +7,20 @@ from datetime import datetime
 
 import click
 
-from app.cli.options import config_option, data_dir_option, format_option, rules_option, window_options
+from app.cli.options import (
+    config_option,
+    data_dir_option,
+    format_option,
+    rules_option,
+    store_option,
+    window_options,
+)
 from collector.settings.config import load_settings
 
 
 @click.command("recommend")
 @data_dir_option()
+@store_option()
 @config_option("TOML config file ([recommend], [prices]; see README)")
 @window_options
 @format_option(("table", "json"), "table")
@@ -30,9 +38,13 @@ from collector.settings.config import load_settings
     help="drafted rules' mode: shadow (for swaps needing evidence), canary or enforce (for "
     "recommended swaps)",
 )
-@rules_option("rules file to write (default: DATA_DIR/rules.yaml)")
+@rules_option(
+    "rules file to write (default: the fleet store's rules with a fleet --store or [fleet], else "
+    "DATA_DIR/rules.yaml)"
+)
 def recommend_command(
     data_dir: str | None,
+    store: str | None,
     config: str | None,
     since: datetime | None,
     until: datetime | None,
@@ -50,32 +62,39 @@ def recommend_command(
     agreement with the incumbent's (Wilson lower bound at least min_agreement), both over at
     least min_samples. Each record has its costs per 1k requests, projected monthly savings
     (low/mid/high), latency change and risks; then what canary rules realised.
-    --write-rules drafts routing rules for review.
+    --write-rules drafts routing rules for review: into the rules file, or across a fleet
+    (a fleet --store, or [fleet] in the config) into the fleet store, whose rules every
+    sidecar's proxy follows.
 
     \b
     Examples:
       llmtap recommend
       llmtap recommend --since 2026-03-01 --format json
       llmtap recommend --write-rules --mode canary
+      llmtap recommend --store postgresql://llmtap@db.internal/llmtap --write-rules
     """
     from analytics import load, realised_savings
+    from analytics.engines import reader
     from analytics.recommender import draft_rules, recommend
     from app.terminal.recommendations import draft_header, write
     from collector.pricing.book import PriceBook
+    from collector.routing.location import rules_target
     from collector.routing.rules import write_rules
 
     settings = load_settings(data_dir=data_dir, config_file=config, rules_file=rules)
-    print(f"llmtap: analysing the calls in {settings.paths.db} ...", file=sys.stderr)
-    recs = recommend(settings.data_dir, since, until, settings.recommend, book=PriceBook(settings.prices))
+    source = store or str(settings.paths.db)
+    print(f"llmtap: analysing the calls in {reader(source).label} ...", file=sys.stderr)
+    recs = recommend(source, since, until, settings.recommend, book=PriceBook(settings.prices))
     window = f"{since.isoformat() if since else 'start'} to {until.isoformat() if until else 'now'}"
-    realised = realised_savings(load(settings.data_dir, since, until))
+    realised = realised_savings(load(source, since, until))
     write(recs, fmt, f"llmtap recommend, {window} (UTC)", realised=realised)
     if draft:
-        path = settings.paths.rules
+        target = rules_target(settings, store)
         drafted = draft_rules(recs, mode)
-        total = len(write_rules(path, drafted, draft_header()))
+        total = len(write_rules(target, drafted, draft_header()))
         print(
-            f"llmtap: drafted {len(drafted)} {mode} rules into {path} ({total} rules in all); review them",
+            f"llmtap: drafted {len(drafted)} {mode} rules into {target.label} ({total} rules in all); "
+            "review them",
             file=sys.stderr,
         )
     return 0

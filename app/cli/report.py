@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from app.cli.options import data_dir_option, format_option, window_options
+from app.cli.options import data_dir_option, format_option, node_option, store_option, window_options
 from app.terminal.spend_report import FORMATS, METRICS, PERIODS, VIEWS, build, parse_by, title, write
 from collector.settings.paths import Paths, resolve_data_dir
 from collector.storage.spool import Quarantine
@@ -15,12 +15,14 @@ from collector.storage.spool import Quarantine
 
 @click.command("report", epilog="views: " + "; ".join(f"{name}: {view.help}" for name, view in VIEWS.items()))
 @data_dir_option()
+@store_option()
 @window_options
+@node_option
 @click.option(
     "--by",
     metavar="DIM[,DIM...]",
     help="group by these, comma-separated: model, provider, api, app, user, session, status_class, "
-    "error_kind, hour, day, week, month, property:KEY (a metadata property) or an llm_calls column "
+    "error_kind, hour, day, week, month, node, property:KEY (a metadata property) or an llm_calls column "
     "(default: the view's own; model for summary)",
 )
 @click.option(
@@ -33,8 +35,10 @@ from collector.storage.spool import Quarantine
 @click.option("--metric", type=click.Choice(METRICS), help="anomalies: what to score (default: cost)")
 def report_command(
     data_dir: str | None,
+    store: str | None,
     since: datetime | None,
     until: datetime | None,
+    nodes: tuple[str, ...],
     by: str | None,
     show: str,
     fmt: str,
@@ -53,13 +57,15 @@ def report_command(
       llmtap report
       llmtap report --show spend --by app,day --since 2026-03-01
       llmtap report --show burn --period month --limit 200 --format json
+      llmtap report --store postgresql://llmtap@db.internal/llmtap --by node,model
     """
     paths = Paths(resolve_data_dir(data_dir))
     groups = parse_by(by) if by is not None else None
     options = {"period": period, "limit": limit, "bucket": bucket, "metric": metric}
-    report = build(paths.db, show, groups, since, until, **options)
+    report = build(store or paths.db, show, groups, since, until, nodes, **options)
     write(report, fmt, title(report, since, until))
-    if set_aside := Quarantine(paths.quarantine).count():
+    # Calls this sidecar could not load concern its own store, not another one read with --store.
+    if store is None and (set_aside := Quarantine(paths.quarantine).count()):
         print(
             f"llmtap: {set_aside} recorded call(s) could not be loaded into the store; they are kept "
             f"in {paths.quarantine} (see README, Storage)",

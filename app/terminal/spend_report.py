@@ -108,21 +108,23 @@ class Report:
 
 
 def build(
-    db: Path,
+    store: str | Path,
     view: str = "summary",
     by: list[str] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    nodes: tuple[str, ...] = (),
     **options: Any,
 ) -> Report:
-    """Run ``view`` over the calls started in [since, until). ``options`` are the view's
-    own (period and limit for burn, bucket and metric for anomalies); None means default.
-    Burn measures the period containing ``until`` when it is set."""
+    """Run ``view`` over the calls of ``store`` (as :func:`analytics.load` takes it) started
+    in [since, until) and recorded by ``nodes`` (a fleet store's; empty: all). ``options``
+    are the view's own (period and limit for burn, bucket and metric for anomalies); None
+    means default. Burn measures the period containing ``until`` when it is set."""
     import analytics
 
     spec = VIEWS[view]
     groups = list(spec.by) if by is None else by
-    calls = analytics.load(db, since, until)
+    calls = analytics.load(store, since, until, nodes)
     kwargs = {
         spec.options[name]: value
         for name, value in options.items()

@@ -60,7 +60,7 @@ def scope_filter(spec: BudgetSpec) -> pl.Expr:
     return pl.all_horizontal(conditions)
 
 
-def budget_status(db: Path, budgets: tuple[BudgetSpec, ...], now: datetime | None = None) -> pl.DataFrame:
+def budget_status(store: str, budgets: tuple[BudgetSpec, ...], now: datetime | None = None) -> pl.DataFrame:
     """One row per budget total (per app, user or property value for a ``per`` budget):
     spent so far this period, share of the limit, run rate over the last hour, and the
     straight-line forecast for the period's end. Reads the store once."""
@@ -71,7 +71,7 @@ def budget_status(db: Path, budgets: tuple[BudgetSpec, ...], now: datetime | Non
         min(period_window(spec.period, now.timestamp()).bounds()[0] for spec in budgets),
         now - RATE_LOOKBACK,
     )
-    frame = analytics.load(db, since=since).select(BUDGET_COLUMNS).collect().lazy()
+    frame = analytics.load(store, since=since).select(BUDGET_COLUMNS).collect().lazy()
     rows = []
     for spec in budgets:
         by = [spec.per] if spec.per else []

@@ -4,7 +4,9 @@ The pages, their AppTest tests and ``bench/dashboard.py`` all call these, so the
 a page renders are the figures the benchmark times and the tests check. Each page reads
 the store ONCE: it collects the few columns it needs (:func:`snapshot`) and runs the
 :mod:`analytics` functions over that in-memory frame, so DuckDB holds the file for one
-short scan per page while a proxy may be writing (see :mod:`analytics.source`).
+short scan per page while a proxy may be writing (see :mod:`analytics.source`). The store
+is the local one or the fleet's (``llmtap ui --store postgresql://...``): the pages read it
+through :mod:`analytics.engines` and never ask which.
 
 A :class:`View` is what the sidebar chose (time window, filters) plus the store's state;
 the pages cache on it (``st.cache_data``), so a new call in the store makes a new key
@@ -13,7 +15,6 @@ and the page shows it on its next run.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,10 +24,10 @@ import polars as pl
 
 import analytics
 from analytics.dimensions import NONE
+from analytics.engines import CALL_SCORES, Reader, StoredCall, reader
 from analytics.metrics import is_shadow, known_sum, latency_ms
 from collector.budgets.periods import period_window
 from collector.settings.config import BudgetSpec
-from collector.storage.database import read_connection
 
 #: Sidebar time windows: label -> how far back from now (None: everything stored).
 WINDOWS: dict[str, timedelta | None] = {
@@ -39,8 +40,15 @@ WINDOWS: dict[str, timedelta | None] = {
 }
 DEFAULT_WINDOW = "Last 7 days"
 
-#: Sidebar filters: name -> the frame's column.
-FILTER_COLUMNS: dict[str, str] = {"app": "app", "provider": "provider", "model": "model", "user": "user_id"}
+#: Sidebar filters: name -> the frame's column. The node filter is offered only when the store
+#: holds several nodes' calls (a fleet store; a local store's calls have none).
+FILTER_COLUMNS: dict[str, str] = {
+    "app": "app",
+    "provider": "provider",
+    "model": "model",
+    "user": "user_id",
+    "node": "node",
+}
 
 #: Chart bucket for the span of time the calls cover: the first whose span is at least
 #: theirs (a few minutes' demo gets minutes; a month gets days). At most ~200 buckets.
@@ -65,6 +73,7 @@ class Filters:
     provider: tuple[str, ...] = ()
     model: tuple[str, ...] = ()
     user: tuple[str, ...] = ()
+    node: tuple[str, ...] = ()
 
     def active(self) -> bool:
         return any(getattr(self, name) for name in FILTER_COLUMNS)
@@ -82,28 +91,31 @@ class Filters:
 @dataclass(frozen=True, slots=True)
 class View:
     """One page run's question: which store, which calls, and the store's state when asked
-    (the cache key that keeps cached pages live)."""
+    (the cache key that keeps cached pages live).
+
+    ``data_dir`` is the dashboard's own data directory (the proxy's budget alerts are
+    there); ``store`` the store read: a local store's path or a fleet store's URL."""
 
     data_dir: Path
+    store: str = field(repr=False)  # a fleet URL may hold a password
     since: datetime | None = None
-    filters: Filters = field(default_factory=Filters)
+    filters: Filters = Filters()
     state: tuple[int, ...] = ()
 
     @property
-    def db(self) -> Path:
-        return analytics.db_path(self.data_dir)
+    def reader(self) -> Reader:
+        return reader(self.store)
 
     def calls(self, since: datetime | str | None = "window") -> pl.LazyFrame:
         """The filtered calls since the window's start (or ``since``), not read yet."""
         start = self.since if since == "window" else since
-        return analytics.load(self.db, since=start).filter(self.filters.expr())
+        return analytics.load(self.store, since=start).filter(self.filters.expr())
 
 
-def store_state(db: Path) -> tuple[int, ...]:
-    """Size and modification time of the store and its write-ahead log; () when absent.
-    Changes whenever the proxy's ingester adds calls."""
-    parts = [path.stat() for path in (db, db.with_name(db.name + ".wal")) if path.exists()]
-    return tuple(n for stat in parts for n in (stat.st_size, stat.st_mtime_ns))
+def store_state(store: str) -> tuple[int, ...]:
+    """A value that changes whenever calls or scores reach ``store``; () when there is no store
+    yet (see :meth:`analytics.engines.Reader.state`)."""
+    return reader(store).state()
 
 
 def window_start(label: str, now: datetime) -> datetime | None:
@@ -133,9 +145,9 @@ def over_time(calls: pl.LazyFrame, every: str, aggregates: list[pl.Expr]) -> pl.
     return calls.group_by(bucket, "model").agg(aggregates).sort("bucket", "model").collect()
 
 
-def filter_options(data_dir: Path, since: datetime | None) -> dict[str, list[str]]:
+def filter_options(store: str, since: datetime | None) -> dict[str, list[str]]:
     """The values each sidebar filter offers: those present in the window, sorted."""
-    frame = analytics.load(data_dir, since=since).select(FILTER_COLUMNS.values()).collect()
+    frame = analytics.load(store, since=since).select(FILTER_COLUMNS.values()).collect()
     return {
         name: sorted(frame.get_column(column).fill_null(NONE).unique().to_list())
         for name, column in FILTER_COLUMNS.items()
@@ -307,13 +319,7 @@ def costs(view: View) -> Costs:
 
 def stored_property_keys(view: View) -> list[str]:
     """The metadata property names (``X-Llmtap-Property-*``) of the window's calls."""
-    where, params = ("WHERE started_at >= ?", [view.since]) if view.since else ("", [])
-    sql = (
-        "SELECT DISTINCT unnest(json_keys(properties)) AS key FROM llm_calls "
-        f"{where} {'AND' if where else 'WHERE'} properties IS NOT NULL ORDER BY key"
-    )
-    with read_connection(view.db) as con:
-        return [key for (key,) in con.execute(sql, params).fetchall()]
+    return view.reader.property_keys(view.since)
 
 
 # -- Latency --------------------------------------------------------------------------------
@@ -394,62 +400,17 @@ def recent_calls(view: View, errors_only: bool = False, limit: int = 500) -> tup
     return matched.height, latest.with_columns(pl.col("cost_usd").cast(pl.Float64))
 
 
-#: A call's scores as the Calls page lists them: ``value`` in [0, 1], NULL when a grader
-#: failed (``error`` says why); ``source`` is ``grader`` or ``feedback``.
-SCORE_SCHEMA = pl.Schema(
-    {
-        "name": pl.String(),
-        "value": pl.Float64(),
-        "source": pl.String(),
-        "created_at": pl.Datetime("us", "UTC"),
-        "error": pl.String(),
-    }
-)
+#: A call's scores as the Calls page lists them (see :data:`analytics.engines.CALL_SCORES`).
+SCORE_SCHEMA = CALL_SCORES
+#: One call as the Calls page shows it: its row, span, stored bodies (None in the fleet store:
+#: bodies stay on the sidecar that recorded them) and scores.
+CallDetail = StoredCall
 
 
-@dataclass(frozen=True, slots=True)
-class CallDetail:
-    """One call: its llm_calls row, its span (attributes decoded), its stored bodies and its
-    scores (:data:`SCORE_SCHEMA`, oldest first)."""
-
-    call: dict[str, Any]
-    span: dict[str, Any] | None
-    bodies: dict[str, Any] | None
-    scores: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SCORE_SCHEMA))
-
-
-def call_detail(db: Path, call_id: str) -> CallDetail | None:
+def call_detail(store: str, call_id: str) -> CallDetail | None:
     """The call ``call_id`` with its span, bodies (as stored under its capture mode) and
     scores; None when there is no such call."""
-    with read_connection(db) as con:
-        con.execute("SET TimeZone = 'UTC'")
-        call = _one(con, "SELECT * FROM llm_calls WHERE call_id = ?", call_id)
-        if call is None:
-            return None
-        span = _one(con, "SELECT * EXCLUDE (call_id) FROM spans WHERE call_id = ?", call_id)
-        bodies = _one(con, "SELECT * EXCLUDE (call_id) FROM call_bodies WHERE call_id = ?", call_id)
-        scores = _scores(con, call_id)
-    if span is not None and span["attributes"] is not None:
-        span["attributes"] = json.loads(span["attributes"])
-    return CallDetail(call=call, span=span, bodies=bodies, scores=scores)
-
-
-def _scores(con: Any, call_id: str) -> pl.DataFrame:
-    """The scores of ``call_id``, oldest first; none in a store made before scores existed
-    (no ``scores`` table, and a read-only connection cannot add it)."""
-    if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'scores'").fetchall():
-        return pl.DataFrame(schema=SCORE_SCHEMA)
-    rows = con.execute(
-        f"SELECT {', '.join(SCORE_SCHEMA)} FROM scores WHERE call_id = ? ORDER BY created_at, name",
-        [call_id],
-    ).fetchall()
-    return pl.DataFrame(rows, schema=SCORE_SCHEMA, orient="row")
-
-
-def _one(con: Any, sql: str, *params: Any) -> dict[str, Any] | None:
-    cursor = con.execute(sql, list(params))
-    row = cursor.fetchone()
-    return None if row is None else dict(zip([d[0] for d in cursor.description], row, strict=True))
+    return reader(store).call(call_id)
 
 
 def _float(value: Any) -> float | None:

@@ -1,5 +1,5 @@
 """Start the dashboard: ``streamlit run`` on :mod:`app.ui.dashboard`, headless, in a child
-process, with the data directory and config passed in its environment.
+process, with the data directory, config and store passed in its environment.
 
 Shared by ``llmtap ui`` and anything else that opens the dashboard on a data directory.
 """
@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from analytics.engines import STORE_ENV
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard.py"
 #: The environment variable that carries the config file to the app (read by :mod:`app.ui.widgets`).
@@ -49,14 +51,28 @@ def command(host: str, port: int) -> list[str]:
     ]
 
 
-def serve(data_dir: Path, config: Path | None, host: str = "127.0.0.1", port: int = 8501) -> int:
-    """Run the dashboard in the foreground until it exits, Ctrl-C or SIGTERM; its exit code."""
+def serve(
+    data_dir: Path,
+    config: Path | None,
+    host: str = "127.0.0.1",
+    port: int = 8501,
+    store: str | None = None,
+    store_label: str | None = None,
+) -> int:
+    """Run the dashboard in the foreground until it exits, Ctrl-C or SIGTERM; its exit code.
+
+    ``store`` (a fleet store's URL) is read instead of ``data_dir``'s store; it reaches the app
+    in ``$LLMTAP_STORE``, the only place its password goes (``store_label`` is what is printed)."""
     check_port(host, port)
     env = {**os.environ, "LLMTAP_DATA_DIR": str(data_dir)}
-    env.pop(CONFIG_ENV, None)
+    for name in (CONFIG_ENV, STORE_ENV):
+        env.pop(name, None)
     if config is not None:
         env[CONFIG_ENV] = str(config.expanduser().resolve())
-    print(f"llmtap dashboard on http://{host}:{port} (store: {data_dir}); Ctrl-C stops it", flush=True)
+    if store is not None:
+        env[STORE_ENV] = store
+    shown = store_label or store or data_dir
+    print(f"llmtap dashboard on http://{host}:{port} (store: {shown}); Ctrl-C stops it", flush=True)
     child = subprocess.Popen(command(host, port), env=env, stdout=subprocess.DEVNULL)
     # A SIGTERM (a service manager, a test) stops the dashboard too instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: child.terminate())

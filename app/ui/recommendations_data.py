@@ -2,9 +2,9 @@
 over the window, what canary rules realised, what each swap's decision rests on, and
 writing drafted rules to the rules file.
 
-The rules file (``Settings.paths.rules``) is what the proxy acts on and reloads when it
-changes, so the page writes it only after a person confirmed, with
-:func:`collector.routing.rules.write_rules` (merged by rule id, replaced atomically).
+The rules (the file, or the fleet store's: :mod:`collector.routing.location`) are what the
+proxies act on and reload when they change, so the page writes them only after a person
+confirmed, with :func:`collector.routing.rules.write_rules` (merged by rule id, replaced at once).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def routing(view: View, settings: Settings) -> Routing:
     with its provider and model, so the sidebar's filters do not apply), realised savings of
     canary rules, and what fallback chains did."""
     records = analytics.recommend(
-        view.db, since=view.since, settings=settings.recommend, book=PriceBook(settings.prices)
+        view.store, since=view.since, settings=settings.recommend, book=PriceBook(settings.prices)
     )
-    calls = analytics.load(view.db, since=view.since)
+    calls = analytics.load(view.store, since=view.since)
     return Routing(
         records=tuple(records),
         frame=analytics.recommendations_frame(records),

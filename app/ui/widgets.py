@@ -1,12 +1,13 @@
 """What every page shares: the sidebar (time window, filters), the store watch that keeps
 pages live, cached faces of :mod:`app.ui.data`, empty states and the alert banner.
 
-``llmtap ui`` passes the data directory and config file in the environment
-(``LLMTAP_DATA_DIR``, ``LLMTAP_CONFIG``), so the app, AppTest and a plain
+``llmtap ui`` passes the data directory, config file and store in the environment
+(``LLMTAP_DATA_DIR``, ``LLMTAP_CONFIG``, ``LLMTAP_STORE``), so the app, AppTest and a plain
 ``streamlit run app/ui/dashboard.py`` all start the same way.
 
 Caching: results are cached per :class:`~app.ui.data.View`, which holds the store's
-state (size and mtime of the file and its WAL). A new call changes the state, so the
+state (:meth:`analytics.engines.Reader.state`: size and mtime of a local file and its WAL,
+the fleet's latest call and row counts). A new call changes the state, so the
 next run computes afresh; :func:`watch_store` reruns the page within ``REFRESH_S`` of a
 change, without a manual reload. The TTL only bounds memory and the clock's effect
 (today's spend at midnight).
@@ -21,6 +22,7 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
+from analytics.engines import STORE_ENV, FleetStoreError, reader
 from app.ui import budget_status, data, recommendations_data
 from app.ui.format import count, usd
 from app.ui.launch import CONFIG_ENV
@@ -41,14 +43,20 @@ def load_config() -> Settings:
     )
 
 
+def store_of(settings: Settings) -> str:
+    """The store the dashboard reads: ``$LLMTAP_STORE`` (``llmtap ui --store``), else the local
+    store of the data directory."""
+    return os.environ.get(STORE_ENV) or str(settings.paths.db)
+
+
 def now_minute() -> datetime:
     """The current UTC time to the minute: the clock's part of cache keys."""
     return datetime.now(UTC).replace(second=0, microsecond=0)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def filter_options(data_dir: Path, since: datetime | None, state: tuple[int, ...]) -> dict[str, list[str]]:
-    return data.filter_options(data_dir, since)
+def filter_options(store: str, since: datetime | None, state: tuple[int, ...]) -> dict[str, list[str]]:
+    return data.filter_options(store, since)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
@@ -75,16 +83,16 @@ def recent_calls(view: data.View, errors_only: bool) -> tuple[int, pl.DataFrame]
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def call_detail(db: Path, call_id: str, state: tuple[int, ...]) -> data.CallDetail | None:
-    return data.call_detail(db, call_id)
+def call_detail(store: str, call_id: str, state: tuple[int, ...]) -> data.CallDetail | None:
+    return data.call_detail(store, call_id)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Reading the store...")
 def budgets(
-    db: Path, specs: tuple[BudgetSpec, ...], minute: datetime, state: tuple[int, ...]
+    store: str, specs: tuple[BudgetSpec, ...], minute: datetime, state: tuple[int, ...]
 ) -> pl.DataFrame:
     """As :func:`overview`: ``minute`` keys the cache; spend counts calls up to now."""
-    return budget_status.budget_status(db, specs)
+    return budget_status.budget_status(store, specs)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
@@ -99,14 +107,18 @@ def recommendations(view: data.View, settings: Settings) -> recommendations_data
 
 def sidebar(settings: Settings) -> data.View:
     """The sidebar's controls, and the View they choose (also kept for the pages)."""
-    db = settings.paths.db
-    state = data.store_state(db)
-    st.sidebar.caption(f"Store: `{db}`")
+    store = store_of(settings)
+    try:
+        state = data.store_state(store)
+    except FleetStoreError as exc:  # the fleet's database is down or refuses: say so, once
+        st.error(md(exc))
+        st.stop()
+    st.sidebar.caption(f"Store: `{reader(store).label}`")
     label = st.sidebar.selectbox(
         "Time window", list(data.WINDOWS), index=list(data.WINDOWS).index(data.DEFAULT_WINDOW), key="window"
     )
     since = data.window_start(label, now_minute())
-    options = filter_options(settings.data_dir, since, state) if state else {}
+    options = filter_options(store, since, state) if state else {}
     chosen = {
         name: tuple(
             st.sidebar.multiselect(
@@ -118,18 +130,27 @@ def sidebar(settings: Settings) -> data.View:
             )
         )
         for name in data.FILTER_COLUMNS
+        # One node (or none: a local store) is nothing to choose between.
+        if name != "node" or len(options.get(name, [])) > 1
     }
-    view = data.View(data_dir=settings.data_dir, since=since, filters=data.Filters(**chosen), state=state)
+    view = data.View(
+        data_dir=settings.data_dir, store=store, since=since, filters=data.Filters(**chosen), state=state
+    )
     st.session_state[VIEW_KEY] = view
     st.session_state[SETTINGS_KEY] = settings
-    watch_store(db, state)
+    watch_store(store, state)
     return view
 
 
 @st.fragment(run_every=REFRESH_S)
-def watch_store(db: Path, state: tuple[int, ...]) -> None:
-    """Rerun the whole app when the store changed since this run (new calls arrived)."""
-    if data.store_state(db) != state:
+def watch_store(store: str, state: tuple[int, ...]) -> None:
+    """Rerun the whole app when the store changed since this run (new calls arrived), or can no
+    longer be read (the sidebar then says why)."""
+    try:
+        changed = data.store_state(store) != state
+    except FleetStoreError:
+        changed = True
+    if changed:
         st.rerun()
 
 
@@ -140,7 +161,7 @@ def page_view() -> tuple[data.View, Settings]:
     settings: Settings = st.session_state[SETTINGS_KEY]
     if not view.state:
         st.info(
-            f"No llmtap store at `{view.db}` yet. Start the proxy (`llmtap proxy`, or "
+            f"No llmtap store at `{view.reader.label}` yet. Start the proxy (`llmtap proxy`, or "
             "`llmtap run -- CMD`) and make a call; this page updates by itself. "
             "Another data directory? Start the dashboard with `llmtap ui --data-dir DIR`."
         )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from collector.budgets.periods import Window, period_window
 from collector.settings.config import BudgetSpec
@@ -73,8 +73,19 @@ class Scope:
             parts.append(f"property {self.per_property}={key!r}")
         return ", ".join(parts) or "all calls"
 
-    def spend_query(self, window: Window) -> tuple[str, list[Any]]:
-        """SQL summing the stored cost of the covered calls started in ``window``, per total."""
+    def spend_query(
+        self, window: Window, dialect: Literal["duckdb", "postgres"] = "duckdb", other_than: str | None = None
+    ) -> tuple[str, list[Any]]:
+        """SQL summing the stored cost of the covered calls started in ``window``, per total:
+        for the local store (DuckDB), or for the fleet store (PostgreSQL), there leaving out the
+        rows of node ``other_than`` (a sidecar counts its own calls itself)."""
+        mark = "?" if dialect == "duckdb" else "%s"
+
+        def prop(name: str | None) -> tuple[str, Any]:
+            if dialect == "duckdb":
+                return f"json_extract_string(properties, {mark})", _json_path(name)
+            return f"(properties::json ->> {mark})", name
+
         key_params: list[Any] = []
         if self.per is None:
             key = "''"
@@ -83,22 +94,27 @@ class Scope:
         elif self.per == "user":
             key = "NULLIF(user_id, '')"
         else:
-            key = "NULLIF(json_extract_string(properties, ?), '')"
-            key_params.append(_json_path(self.per_property))
-        conditions = ["started_at >= ?", "started_at < ?", "cost_usd IS NOT NULL"]
+            extract, param = prop(self.per_property)
+            key = f"NULLIF({extract}, '')"
+            key_params.append(param)
+        conditions = [f"started_at >= {mark}", f"started_at < {mark}", "cost_usd IS NOT NULL"]
         params: list[Any] = [
             datetime.fromtimestamp(window.start, UTC),
             datetime.fromtimestamp(window.end, UTC),
         ]
+        if other_than is not None:
+            conditions.append(f"node <> {mark}")
+            params.append(other_than)
         if self.app is not None:
-            conditions.append("app = ?")
+            conditions.append(f"app = {mark}")
             params.append(self.app)
         if self.user is not None:
-            conditions.append("user_id = ?")
+            conditions.append(f"user_id = {mark}")
             params.append(self.user)
         for name, value in self.properties:
-            conditions.append("json_extract_string(properties, ?) = ?")
-            params += [_json_path(name), value]
+            extract, param = prop(name)
+            conditions.append(f"{extract} = {mark}")
+            params += [param, value]
         sql = f"SELECT {key}, sum(cost_usd) FROM llm_calls WHERE {' AND '.join(conditions)} GROUP BY 1"
         return sql, key_params + params
 
@@ -110,7 +126,11 @@ def _json_path(name: str | None) -> str:
 
 class Tally:
     """One budget's spend in its current period, per scope value, and the highest alert level
-    each total has been reported at (1 is the limit)."""
+    each total has been reported at (1 is the limit).
+
+    ``spent`` is this sidecar's own spend; ``others`` (fleet budgets only) the rest of the
+    fleet's, as last read from the fleet store (:mod:`collector.budgets.fleet`). A total is
+    their sum."""
 
     def __init__(self, period: str, limit: Decimal, alerts: Sequence[float], now: float) -> None:
         self.period = period
@@ -121,6 +141,7 @@ class Tally:
         )
         self.window = period_window(period, now)
         self.spent: dict[str, Decimal] = {}
+        self.others: dict[str, Decimal] = {}
         self.reported: dict[str, Decimal] = {}
 
     def current(self, now: float) -> Window:
@@ -128,14 +149,22 @@ class Tally:
         if now >= self.window.end:
             self.window = period_window(self.period, now)
             self.spent.clear()
+            self.others.clear()
             self.reported.clear()
         return self.window
+
+    def total(self, key: str) -> Decimal | None:
+        """The total's spend in the current period (None: nothing counted yet)."""
+        own, others = self.spent.get(key), self.others.get(key)
+        if own is None and others is None:
+            return None
+        return (own or Decimal(0)) + (others or Decimal(0))
 
     def over(self, key: str, now: float) -> bool:
         """The total has reached the limit in the current period."""
         self.current(now)
-        spent = self.spent.get(key)
-        return spent is not None and spent >= self.limit
+        total = self.total(key)
+        return total is not None and total >= self.limit
 
     def add(self, key: str, cost: Decimal, started: float, now: float) -> Decimal | None:
         """Count a finished call's cost if it started in the current period (as the start-up
@@ -147,7 +176,19 @@ class Tally:
 
     def seed(self, key: str, spent: Decimal) -> Decimal | None:
         """Add spend of the current period; returns the alert level newly reached, if any."""
-        total = self.spent[key] = self.spent.get(key, Decimal(0)) + spent
+        self.spent[key] = self.spent.get(key, Decimal(0)) + spent
+        return self._reached(key)
+
+    def set_others(self, window: Window, others: dict[str, Decimal]) -> list[tuple[str, Decimal]]:
+        """The rest of the fleet's spend in ``window``, as read from the fleet store; ignored
+        when the period has changed since. Returns the totals that newly reached an alert level."""
+        if window != self.window:
+            return []
+        self.others = others
+        return [(key, level) for key in others if (level := self._reached(key)) is not None]
+
+    def _reached(self, key: str) -> Decimal | None:
+        total = self.total(key) or Decimal(0)
         reached = None
         for level, amount in self.levels:
             if total >= amount:
@@ -176,14 +217,15 @@ class Budget:
 
     def standing(self, key: str) -> str:
         """What the total has spent against what limit: "app 'x' spent $0.06 of its $0.05 daily limit"."""
-        spent = _usd(self.tally.spent.get(key, Decimal(0)))
+        spent = _usd(self.tally.total(key) or Decimal(0))
         limit = f"{_usd(self.spec.limit_usd)} {_PERIOD_ADJECTIVES[self.spec.period]} limit"
         return f"{self.scope.describe(key)} spent {spent} of its {limit}"
 
 
 def stored_spend(db: Path, budgets: Sequence[Budget], now: float) -> list[tuple[Budget, str, Decimal]]:
     """Each budget's spend so far in its current period, per total, from the store; nothing
-    (logged) when the store cannot be read in time, so start-up never hangs on it."""
+    (logged) when the store cannot be read in time, so start-up never hangs on it. A fleet
+    budget takes its own sidecar's spend from here too (the fleet store's figures leave it out)."""
     found = []
     try:
         with read_connection(db, START_READ_WAIT_S) as con:

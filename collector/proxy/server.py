@@ -39,6 +39,7 @@ from collector.proxy.addons.stream_usage import StreamUsage
 from collector.proxy.addons.upstream import UpstreamRewrite
 from collector.proxy.certs import ensure_ca
 from collector.proxy.pipeline import Pipeline
+from collector.routing.location import proxy_rules
 from collector.settings.config import Settings
 from collector.storage.database import ensure_schema
 from collector.storage.loader import IngestWorker
@@ -83,7 +84,7 @@ class LlmtapProxy:
         tighten(paths.data_dir)  # a directory an older llmtap made readable to all
         self.registry = ProviderRegistry(extra_hosts=settings.extra_hosts)
         self.spool = Spool(paths.spool)
-        self.ingester = IngestWorker(self.spool, paths.db, settings.prices)
+        self.ingester = IngestWorker(self.spool, paths.db, settings.prices, settings.fleet)
         self.spans = SpanRecorder(settings.otlp_endpoint)
         self.recorder = Recorder(
             self.registry,
@@ -93,8 +94,10 @@ class LlmtapProxy:
             settings.capture,
             rows_in_flight=bool(settings.budgets),  # budgets count each call's cost as it ends
         )
-        self.budgets = Budgets(settings.budgets, paths.budget_alerts) if settings.budgets else None
-        self.router = Router(paths.rules, settings.routing.noise_floor_fraction)
+        self.budgets = (
+            Budgets(settings.budgets, paths.budget_alerts, settings.fleet) if settings.budgets else None
+        )
+        self.router = Router(proxy_rules(settings), settings.routing.noise_floor_fraction)
         # No [cache] table, no stage: a cache that is off costs nothing.
         self.cache = ResponseCache(settings.cache, paths.cache) if settings.cache is not None else None
         self.master: DumpMaster | None = None

@@ -38,7 +38,8 @@ from collector.providers import ProviderRegistry
 from collector.proxy.addons.router import Original, rule_for
 from collector.proxy.own_calls import output_of, read_answer
 from collector.proxy.server import serving_in_background
-from collector.routing.rules import Rule, load_rules
+from collector.routing.location import rules_target
+from collector.routing.rules import Rule, RulesSource, read_rules
 from collector.settings.config import Settings
 from collector.storage.database import read_connection
 from collector.storage.schema import CallMetadata
@@ -99,7 +100,7 @@ def triage(
 
     Raises :class:`EvaluateError` when nothing can be evaluated as asked (no such rule, no
     stored bodies, no stored call a rule matches)."""
-    rules = _rules(settings.paths.rules, rule_id)
+    rules = _rules(rules_target(settings), rule_id)
     stored, calls = _stored_calls(settings.paths.db, rules, since, until)
     registry = ProviderRegistry(extra_hosts=settings.extra_hosts)
     found = Triage()
@@ -172,9 +173,11 @@ def window(since: datetime | None, until: datetime | None) -> str:
     return f" from {since.isoformat() if since else 'the start'} to {until.isoformat() if until else 'now'}"
 
 
-def _rules(path: Path, rule_id: str | None) -> list[Rule]:
-    """The shadow rules of the file, or the one rule ``rule_id`` whatever its mode."""
-    rules = load_rules(path)
+def _rules(source: RulesSource, rule_id: str | None) -> list[Rule]:
+    """The shadow rules the proxy follows (a file, or the fleet's), or the one rule ``rule_id``
+    whatever its mode."""
+    rules = read_rules(source)
+    path = source.label
     if rule_id is not None:
         named = [rule for rule in rules if rule.id == rule_id]
         if not named:

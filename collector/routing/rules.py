@@ -20,13 +20,19 @@ reloads it when it changes. It is YAML::
         evidence: {agreement: 0.97, ...}    # free-form, for the reviewer; the proxy ignores it
 
 The first rule that matches a call is the one that acts on it.
+
+The document lives in a file (:class:`RulesFile`) or, across a fleet, in the fleet store's
+``routing_rules`` table (:mod:`collector.fleet.rules`); both are a :class:`RulesSource` the
+proxy watches the same way, and a :class:`RulesTarget` that :func:`write_rules` merges into
+(:mod:`collector.routing.location` says which one a command uses).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Protocol, get_args
 
 import yaml
 from pydantic import Field, Strict, ValidationError, field_validator
@@ -118,16 +124,74 @@ class RulesDocument(Table):
 _DOCUMENT = Annotated[RulesDocument, Field(description="a mapping with a 'rules' list")]
 
 
+class RulesSource(Protocol):
+    """Where a rules document is read from."""
+
+    @property
+    def label(self) -> str:
+        """The source as messages name it (a path; a URL with its password hidden)."""
+        ...
+
+    def version(self) -> Hashable:
+        """A value that changes when the document does; cheap, and never waits on a network
+        (the proxy asks on its event loop, at most once a second)."""
+        ...
+
+    def text(self) -> str | None:
+        """The document; None when there is none (no rules). RulesError when it cannot be read."""
+        ...
+
+
+class RulesTarget(RulesSource, Protocol):
+    """A source that rules can also be written to."""
+
+    def write(self, text: str) -> None:
+        """Replace the document with ``text`` at once (a reader never sees half of it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RulesFile:
+    """The rules file at ``path`` (absent: no rules)."""
+
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+    def version(self) -> Hashable:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RulesError(f"{self.path}: cannot read ({exc.strerror})") from exc
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def text(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RulesError(f"{self.path}: cannot read ({exc.strerror})") from exc
+
+    def write(self, text: str) -> None:
+        """Replaced atomically, keeping the mode a person gave the file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(self.path, text, keep_mode=True)
+
+
+def read_rules(source: RulesSource) -> list[Rule]:
+    """The rules of ``source``; no document means no rules. Raises RulesError when it is not
+    valid, naming the rule and the field."""
+    text = source.text()
+    return [] if text is None else parse_rules(text, source.label)
+
+
 def load_rules(path: Path) -> list[Rule]:
-    """The rules in ``path``; an absent file means no rules. Raises RulesError when the file
-    is not valid, naming the rule and the field."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise RulesError(f"{path}: cannot read ({exc.strerror})") from exc
-    return parse_rules(text, str(path))
+    """The rules in the file ``path`` (see :func:`read_rules`)."""
+    return read_rules(RulesFile(path))
 
 
 def parse_rules(text: str, source: str = "rules") -> list[Rule]:
@@ -162,16 +226,15 @@ def merge_rules(existing: Sequence[Rule], drafted: Sequence[Rule]) -> list[Rule]
     return merged + [rule for rule in drafted if rule.id in by_id]
 
 
-def write_rules(path: Path, drafted: Sequence[Rule], comment: str) -> list[Rule]:
-    """Merge ``drafted`` into the rules file at ``path`` (see :func:`merge_rules`) with
-    ``comment`` as its header; the rules now in the file.
+def write_rules(target: RulesTarget, drafted: Sequence[Rule], comment: str) -> list[Rule]:
+    """Merge ``drafted`` into the rules of ``target`` (see :func:`merge_rules`) with
+    ``comment`` as its header; the rules now there.
 
-    The proxy acts on this file and reloads it when it changes, so it is replaced
-    atomically (never read half-written), keeps the mode a person gave it, and is not
-    touched at all when the present file is not valid rules (RulesError)."""
-    merged = merge_rules(load_rules(path), drafted)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, dump_rules(merged, comment), keep_mode=True)
+    The proxy acts on these rules and reloads them when they change, so the document is
+    replaced at once (never read half-written), and not touched at all when the present one
+    is not valid rules (RulesError)."""
+    merged = merge_rules(read_rules(target), drafted)
+    target.write(dump_rules(merged, comment))
     return merged
 
 

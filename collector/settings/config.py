@@ -24,6 +24,7 @@ The config file is TOML::
     action = "block"            # alert | downgrade | block
     app = "checkout"            # optional filters: app, user, properties = {team = "search"}
     per = "user"                # optional: a separate total per app | user | property:NAME
+    scope = "fleet"             # optional: count the whole fleet's spend (needs [fleet]); default "local"
     alerts = [0.8, 0.9, 0.95]   # fractions of the limit that raise an alert (the default)
     webhook = "https://hooks.example/llmtap"   # optional: alerts are POSTed here as JSON
 
@@ -46,6 +47,10 @@ The config file is TOML::
     apps = ["checkout"]         # optional filters: apps, models, providers (lists); none: every call
     share_across_keys = false   # true: callers with different API keys share answers
 
+    [fleet]                     # ship every call to one PostgreSQL store (see FleetSettings)
+    url = "postgresql://llmtap@db.internal/llmtap"   # password here or in PGPASSWORD
+    node = "web-1"              # optional; default: this machine's host name
+
     [graders."correct"]         # scores answers in [0, 1] off the request path (see collector/grading)
     kind = "python"             # reference | json_schema | regex | judge | python | http
     function = "my_app.grading:score"
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,12 +69,13 @@ from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    SecretStr,
     Strict,
     StrictBool,
     ValidationError,
@@ -252,6 +259,9 @@ class BudgetTable(Table):
         'cheaper model, e.g. {"gpt-4o" = "gpt-4o-mini"}',
     )
     webhook: HttpUrl | None = None
+    #: "fleet": the totals are the whole fleet's spend, from the fleet store (see
+    #: collector/budgets/fleet.py); "local": this sidecar's own calls.
+    scope: Literal["local", "fleet"] = "local"
 
     @field_validator("properties")
     @classmethod
@@ -378,6 +388,78 @@ CACHE_CAPTURE_CONFLICT = (
 )
 
 
+# -- [fleet] ------------------------------------------------------------------------------------
+
+#: The URL schemes of the fleet store (libpq's); the scheme says the engine.
+FLEET_SCHEMES = ("postgresql", "postgres")
+#: What a URL query parameter named so holds: never shown.
+_SECRET_PARAMS = ("password", "sslpassword")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` parameter) shown as
+    ``***``: the only form of a fleet URL that llmtap logs, stores or puts in a message."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            name, colon, _ = user.partition(":")
+            netloc = f"{name}{':***' if colon else ''}@{host}"
+        query = urlencode(
+            [
+                (k, "***" if k in _SECRET_PARAMS else v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*",
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "(an unreadable URL)"
+
+
+def _fleet_url(value: Any) -> Any:
+    """A postgresql:// URL with a host. The message never repeats the value: it may hold the
+    password."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        raise ValueError("must be a postgresql:// URL (a string)")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("must be a postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE URL") from None
+    if parts.scheme not in FLEET_SCHEMES or not host:
+        raise ValueError(
+            "must be a postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE URL "
+            f"(scheme {parts.scheme or 'missing'!r}{'' if host else ', no host'})"
+        )
+    return value
+
+
+class FleetSettings(Table):
+    """The ``[fleet]`` table: ship every call, span and score this sidecar stores to one
+    PostgreSQL database shared by the fleet (:mod:`collector.fleet`), and let ``scope =
+    "fleet"`` budgets count the whole fleet's spend.
+
+    ``url`` is a libpq URL; its password may be left out and given in ``PGPASSWORD`` (or
+    ``~/.pgpass``). It is a secret string: printing the settings shows ``**********``, and
+    llmtap only ever logs :meth:`redacted`. ``node`` names this sidecar in the fleet store
+    (default: the host name). ``budget_refresh_s``: how often fleet budgets re-read the fleet's
+    totals."""
+
+    url: Annotated[SecretStr, BeforeValidator(_fleet_url)]
+    node: Text = Field(default_factory=socket.gethostname)
+    budget_refresh_s: Annotated[
+        float, Strict(), Field(ge=0.1, le=3600, description="a number of seconds from 0.1 to 3600")
+    ] = 5.0
+
+    def redacted(self) -> str:
+        return redacted_url(self.url.get_secret_value())
+
+
 # -- the file and the settings ------------------------------------------------------------------
 
 
@@ -421,11 +503,24 @@ class ConfigFile(Table):
         ],
     ] = Field(default_factory=dict, description='a table of [fallbacks."NAME"] tables')
     cache: CacheSettings | None = Field(default=None, description="a table like {ttl_s = 3600, max_mb = 256}")
+    # No description: an error under [fleet] would then quote the whole table, URL included.
+    fleet: FleetSettings | None = None
 
     @model_validator(mode="after")
     def _cache_keeps_answers(self) -> ConfigFile:
         if self.cache is not None and self.capture != "full":
             raise field_error("cache", CACHE_CAPTURE_CONFLICT.format(mode=self.capture))
+        return self
+
+    @model_validator(mode="after")
+    def _fleet_budgets_need_a_fleet(self) -> ConfigFile:
+        if self.fleet is None:
+            for name, budget in self.budgets.items():
+                if budget.scope == "fleet":
+                    raise field_error(
+                        f'budgets."{name}".scope',
+                        '= "fleet" needs a [fleet] table with the url of the fleet store',
+                    )
         return self
 
 
@@ -460,6 +555,8 @@ class Settings(Table):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="a port number from 0 to 65535"
     )
+    #: Where to ship calls, from the config's ``[fleet]`` table; None: this sidecar is an island.
+    fleet: FleetSettings | None = None
 
     @property
     def paths(self) -> Paths:
@@ -508,6 +605,7 @@ def load_settings(
         "routing": routing,
         "cache": file.cache,
         "metrics_port": metrics_port,
+        "fleet": file.fleet,
     }
     try:
         return Settings(**values)

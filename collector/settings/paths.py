@@ -65,6 +65,11 @@ class Paths:
         return self.data_dir / "cache.sqlite3"
 
     @property
+    def fleet_outbox(self) -> Path:
+        """Batches stored here and not yet shipped to the fleet store (see :mod:`collector.fleet.outbox`)."""
+        return self.data_dir / "fleet-outbox"
+
+    @property
     def budget_alerts(self) -> Path:
         """The budget alerts of the current periods, for the dashboard (JSON, replaced atomically)."""
         return self.data_dir / "budget_alerts.json"

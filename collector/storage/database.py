@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from collector.settings.paths import QUARANTINE_DIR
+from collector.fleet.outbox import Outbox
+from collector.settings.paths import QUARANTINE_DIR, Paths
 from collector.storage import schema
 from collector.storage.spool import Quarantine, Spool
 
@@ -132,10 +133,13 @@ def ingest_file(
     path: Path,
     rows: Callable[[], RowBuilder] | None = None,
     quarantine: Quarantine | None = None,
+    outbox: Outbox | None = None,
 ) -> int:
     """Load one sealed spool file in a single transaction; returns rows added (0 if done before).
     Its observed calls get their rows built first, by the builder ``rows`` gives. Lines that
-    cannot be loaded go to ``quarantine`` (by default the spool's own) and the rest loads."""
+    cannot be loaded go to ``quarantine`` (by default the spool's own) and the rest loads.
+    When the data directory ships to a fleet store, the rows are also left in ``outbox``,
+    published only once the transaction has committed (see :mod:`collector.fleet.outbox`)."""
     from collector.calls.rows import built_spool_file
 
     name = path.name
@@ -151,6 +155,7 @@ def ingest_file(
             # The file, not the store: find the lines DuckDB refuses, one by one, and load the rest.
             unloadable += _drop_unreadable_lines(con, built)
             _read_batch(con, built)
+        staged: Path | None = None
         con.begin()
         try:
             if con.execute("SELECT 1 FROM spool_ingested WHERE name = ?", [name]).fetchone():
@@ -170,10 +175,16 @@ def ingest_file(
             assert row is not None  # count(*) always yields a row
             (added,) = row
             con.execute("INSERT INTO spool_ingested (name, rows) VALUES (?, ?)", [name, added])
+            staged = outbox.stage(con, name) if outbox is not None else None
             con.commit()
         except BaseException:
             con.rollback()
+            if outbox is not None:
+                outbox.discard(outbox.pending(name))
             raise
+        if staged is not None:
+            assert outbox is not None  # it staged them
+            outbox.publish(staged)
         # Only once the rest is stored: a failed load leaves the whole file for the next try.
         quarantine.set_aside(name, unloadable)
         return added
@@ -233,12 +244,24 @@ class Ingester:
     """
 
     def __init__(
-        self, spool: Spool, db_path: Path, price_overrides: Mapping[str, Rates] | None = None
+        self,
+        spool: Spool,
+        db_path: Path,
+        price_overrides: Mapping[str, Rates] | None = None,
+        ships: bool | None = None,
     ) -> None:
+        """``ships``: True when the proxy's config has ``[fleet]`` (the outbox is turned on, with
+        everything stored so far), False when it has not (turned off), None to leave it as the
+        data directory has it (a one-off load, ``llmtap feedback import``)."""
         self.spool = spool
         self.db_path = db_path
         #: The config's price overrides, for the rows of observed calls (see collector.calls.rows).
         self.price_overrides = dict(price_overrides or {})
+        self.outbox = Outbox(Paths(db_path.parent).fleet_outbox)
+        #: Called after a batch left units in the outbox (the shipper's nudge).
+        self.on_staged: Callable[[], None] | None = None
+        self._ships = ships
+        self._outbox_settled = False
         self._failing: str | None = None
         self._builder: RowBuilder | None = None
 
@@ -259,23 +282,39 @@ class Ingester:
         try:
             with connect_writer(self.db_path) as con:
                 _create_tables(con)
+                self._settle_outbox(con)
         except Exception as exc:
             if not is_lock_conflict(exc):  # readers holding it is ordinary; the first batch waits
                 log.warning(
                     "could not open %s ahead of the first batch (%s); trying again then", self.db_path, exc
                 )
 
+    def _settle_outbox(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Once per process, under the writer's lock: turn the outbox on or off as the config
+        says, and settle the units a crash left pending."""
+        if self._outbox_settled:
+            return
+        if self._ships:
+            self.outbox.enable(con)
+        else:
+            if self._ships is False:
+                self.outbox.disable()
+            self.outbox.recover(con)
+        self._outbox_settled = True
+
     def run_once(self) -> bool:
         """Seal and load what is pending. True when everything pending was loaded."""
         self.spool.seal()
         files = self.spool.sealed_files()
-        if not files:
+        if not files and self._outbox_settled:
             return True
+        staged = False
         try:
             with connect_writer(self.db_path) as con:
                 _create_tables(con)  # cheap, and recreates a store that was moved away
+                self._settle_outbox(con)
                 for path in files:
-                    ingest_file(con, path, self._rows)
+                    staged |= ingest_file(con, path, self._rows, outbox=self.outbox) > 0
                     path.unlink(missing_ok=True)
         except Exception as exc:
             if is_lock_conflict(exc):
@@ -292,6 +331,8 @@ class Ingester:
         if self._failing:
             log.warning("store %s writable again; caught up", self.db_path)
             self._failing = None
+        if staged and self.on_staged is not None:
+            self.on_staged()
         return True
 
     def pending(self) -> int:

@@ -10,6 +10,10 @@ byte arrives (the pipe's first line is the child's settings, :class:`LoaderSetti
 that pile up while a batch loads are read at once, so batches grow with load instead of
 queueing.
 
+With ``[fleet]`` in the config the child also ships what it stores to the fleet store, from a
+thread of its own (:mod:`collector.fleet.shipper`): the proxy never waits on that database, and
+a database that hangs delays only the shipping, never the loading.
+
 Durability does not change: a call is durable once its spool line is written (by the
 recorder, before the client has the last byte), and a sealed file is loaded exactly once
 whichever process loads it (see :func:`collector.storage.database.ingest_file`). When the pipe closes
@@ -30,13 +34,18 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from collector.pricing.rates import Rates
+from collector.settings.config import FleetSettings
 from collector.storage.database import MAX_RETRY_S, Ingester
 from collector.storage.spool import Spool
 from collector.trust import logs
+
+if TYPE_CHECKING:
+    from collector.fleet.shipper import Shipper
 
 log = logging.getLogger("llmtap.ingest")
 
@@ -54,6 +63,9 @@ RECYCLE_GROWTH_BYTES = 24 * 1024 * 1024
 RECYCLE_EXIT = 3
 #: The loader's scheduling priority relative to the proxy (``nice``).
 NICENESS = 10
+#: How long a loader that is told to stop keeps shipping what it stored (a stopping proxy's
+#: last calls); what is left then is shipped at the next start.
+SHIP_GRACE_S = 5.0
 
 
 class LoaderSettings(BaseModel):
@@ -68,17 +80,32 @@ class LoaderSettings(BaseModel):
     db: Path
     #: The proxy's price overrides (from its config), so the child prices rows as it would.
     price_overrides: dict[str, Rates] = Field(default_factory=dict)
+    #: The config's ``[fleet]``: the child ships what it stores there. None: it does not.
+    fleet: FleetSettings | None = None
+
+    @field_serializer("fleet", when_used="json")
+    def _fleet_with_its_url(self, fleet: FleetSettings | None) -> dict | None:
+        """The URL goes whole (a secret string shows as ``**********`` otherwise): the pipe is
+        private to the two processes, unlike the command line or a file."""
+        if fleet is None:
+            return None
+        return {**fleet.model_dump(mode="json"), "url": fleet.url.get_secret_value()}
 
 
 class IngestWorker:
     """The proxy's side: seals the spool on a timer and keeps the loading child running."""
 
     def __init__(
-        self, spool: Spool, db_path: Path, price_overrides: Mapping[str, Rates] | None = None
+        self,
+        spool: Spool,
+        db_path: Path,
+        price_overrides: Mapping[str, Rates] | None = None,
+        fleet: FleetSettings | None = None,
     ) -> None:
         self.spool = spool
         self.db_path = db_path
-        self.ingester = Ingester(spool, db_path, price_overrides)
+        self.fleet = fleet
+        self.ingester = Ingester(spool, db_path, price_overrides, ships=fleet is not None)
         self._child: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llmtap-spool-sealer", daemon=True)
@@ -94,7 +121,10 @@ class IngestWorker:
     def _spawn(self) -> None:
         cmd = [sys.executable, "-m", "collector.storage.loader"]
         settings = LoaderSettings(
-            spool=self.spool.directory, db=self.db_path, price_overrides=self.ingester.price_overrides
+            spool=self.spool.directory,
+            db=self.db_path,
+            price_overrides=self.ingester.price_overrides,
+            fleet=self.fleet,
         )
         # Its own session: a terminal's Ctrl-C goes to the proxy, which then closes the pipe.
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, start_new_session=True, env=_child_env())
@@ -110,6 +140,11 @@ class IngestWorker:
             sealed = self.spool.seal()
             if sealed is None:
                 delay = INTERVAL_S
+                child = self._child
+                if child is not None and child.poll() is not None:
+                    # A loader that exited (recycled, or died) is replaced without waiting for
+                    # traffic: its successor ships what it left in the fleet outbox.
+                    self._nudge()
                 continue
             # Sized before the nudge: the child deletes the file once it is loaded.
             delay = BUSY_INTERVAL_S if sealed.stat().st_size >= BUSY_BATCH_BYTES else INTERVAL_S
@@ -200,15 +235,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = read_settings(sys.stdin.fileno())
     except ValidationError as exc:
-        log.error("the spool loader's settings are not valid: %s", exc)
+        # Without the values: the fleet store's URL may hold its password.
+        errors = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+        log.error("the spool loader's settings are not valid: %s", errors)
         return 2
     # What it creates (the store, DuckDB's write-ahead log and temporary files) holds prompts.
     os.umask(0o077)
     # Background work: when the CPU is contended the proxy (and the app) go first; the spool
     # keeps every call meanwhile.
     os.nice(NICENESS)
-    ingester = Ingester(Spool(settings.spool), settings.db, settings.price_overrides)
-    return serve(ingester, sys.stdin.fileno())
+    ingester = Ingester(
+        Spool(settings.spool), settings.db, settings.price_overrides, settings.fleet is not None
+    )
+    shipper = _shipper(ingester, settings.fleet) if settings.fleet is not None else None
+    code = serve(ingester, sys.stdin.fileno())
+    if shipper is not None:
+        # A recycled loader's successor ships at once; a stopping proxy's loader ships its last calls.
+        shipper.stop(grace=0.0 if code == RECYCLE_EXIT else SHIP_GRACE_S)
+    return code
+
+
+def _shipper(ingester: Ingester, fleet: FleetSettings) -> Shipper:
+    """The thread that ships what ``ingester`` stores (imported here: only fleets need psycopg)."""
+    from collector.fleet.postgres import FleetAddress, PostgresSink
+    from collector.fleet.shipper import Shipper
+
+    shipper = Shipper(ingester.outbox, PostgresSink(FleetAddress(fleet.url.get_secret_value())), fleet.node)
+    ingester.on_staged = shipper.nudge
+    return shipper.start()
 
 
 def read_settings(fd: int) -> LoaderSettings:

@@ -18,7 +18,7 @@ if not settings.budgets:
         "Budgets section) and start the proxy and the dashboard with `--config FILE`."
     )
 else:
-    status = widgets.budgets(view.db, settings.budgets, widgets.now_minute(), view.state)
+    status = widgets.budgets(view.store, settings.budgets, widgets.now_minute(), view.state)
     over = status.filter(pl.col("used_share") >= 1).height
     forecast_over = status.filter(pl.col("forecast_share") >= 1).height
     cells = st.columns(3)

@@ -41,7 +41,7 @@ call_id = st.selectbox(
     format_func=printable,
 )
 
-detail = widgets.call_detail(view.db, call_id, view.state)
+detail = widgets.call_detail(view.store, call_id, view.state)
 if detail is None:
     st.warning(f"Call {md(call_id)} is no longer in the store.")
     st.stop()
@@ -75,7 +75,9 @@ with span:
         st.caption(f"{name} (trace {trace}, span {span_id}, status {status})")
         st.json(printable_tree(detail.span["attributes"] or {}))
 with bodies:
-    if detail.bodies is None:
+    if detail.bodies is None and call.get("node"):
+        st.info(f"The fleet store keeps no bodies: they stay with node {md(call['node'])}'s sidecar.")
+    elif detail.bodies is None:
         st.info("No bodies stored for this call.")
     else:
         mode = detail.bodies["capture_mode"]

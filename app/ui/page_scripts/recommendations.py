@@ -1,6 +1,7 @@
 """Recommendations: what fallback chains did, the routing recommender's records with their
 evidence (agreement, or scores where answers are scored), what canary rules saved, and
-actions that write drafted rules to the rules file after confirmation."""
+actions that write drafted rules where the proxies read them (the rules file, or the fleet
+store's rules when the dashboard reads the fleet) after confirmation."""
 
 import polars as pl
 import streamlit as st
@@ -9,7 +10,8 @@ import analytics
 from app.ui import recommendations_data, widgets
 from app.ui.format import count, percent, usd
 from app.ui.safe import md, printable, printable_frame
-from collector.routing.rules import RulesError, dump_rules, load_rules, write_rules
+from collector.routing.location import rules_target
+from collector.routing.rules import RulesError, dump_rules, read_rules, write_rules
 
 st.title("Recommendations")
 view, settings = widgets.page_view()
@@ -123,7 +125,8 @@ if found.realised.height:
     st.dataframe(printable_frame(found.realised), hide_index=True)
 
 st.subheader("Write rules")
-path = settings.paths.rules
+target = rules_target(settings, view.store)
+path = target.label
 action = st.radio(
     "Action",
     recommendations_data.ACTIONS,
@@ -144,7 +147,7 @@ if action == "draft":
     st.caption(f"Pick shadow, canary or enforce to write these rules to {md(path)}.")
     st.stop()
 try:
-    present = {rule.id for rule in load_rules(path)}
+    present = {rule.id for rule in read_rules(target)}
 except RulesError as exc:
     st.error(f"The rules file cannot be merged into: {md(exc)}")
     st.stop()
@@ -155,5 +158,5 @@ confirmed = st.checkbox(
     key="confirm_rules",
 )
 if st.button("Write rules", disabled=not confirmed, key="write_rules"):
-    merged = write_rules(path, drafted, recommendations_data.RULES_HEADER)
+    merged = write_rules(target, drafted, recommendations_data.RULES_HEADER)
     st.success(f"Wrote {len(drafted)} {action} rules to {md(path)}; it now holds {len(merged)} rules.")

@@ -19,6 +19,10 @@ Alerts (each configured fraction of the limit, and the limit itself, once per pe
 a log line at once, and from a background thread (off the request path) the state file
 the dashboard reads and an optional webhook.
 
+A budget with ``scope = "fleet"`` counts the whole fleet's spend: its totals add the other
+sidecars' spend, read from the fleet store at start and every few seconds by a thread
+(:mod:`collector.budgets.fleet`), whose figures this stage applies on the event loop.
+
 Totals count finished calls, so calls in flight when a limit is reached may take the
 spend past it. Calls llmtap makes itself (shadow copies, judge calls, retries) are neither
 checked nor counted: a rule's own spend cap governs them. The limits themselves (scopes,
@@ -36,11 +40,12 @@ from pathlib import Path
 from mitmproxy import http
 
 from collector.budgets.alerts import AlertSink
+from collector.budgets.fleet import FleetTotals, Snapshot
 from collector.budgets.limits import Budget, retry_after, stored_spend
 from collector.budgets.periods import utc_second
 from collector.proxy.call import CAPTURE_KEY, Capture, made_by_llmtap, metadata_of
 from collector.proxy.model_rewrite import rewrite_model
-from collector.settings.config import BudgetSpec
+from collector.settings.config import BudgetSpec, FleetSettings
 from collector.trust.failopen import fail_open
 
 log = logging.getLogger("llmtap.budgets")
@@ -69,12 +74,19 @@ class Budgets:
     finished) and before the addons that prepare the request for upstream, so a blocked call
     never leaves and a downgraded one leaves with its new model."""
 
-    def __init__(self, specs: Sequence[BudgetSpec], state_file: Path) -> None:
+    def __init__(
+        self, specs: Sequence[BudgetSpec], state_file: Path, fleet: FleetSettings | None = None
+    ) -> None:
         now = time.time()
         self.budgets = [Budget(spec, now) for spec in specs]
         self.alerts = AlertSink(state_file)
         #: (budget, provider) pairs whose downgrade could not be applied, logged once each.
         self._skipped: set[tuple[str, str]] = set()
+        #: The rest of the fleet's spend, for ``scope = "fleet"`` budgets (the config requires
+        #: [fleet] for them); None when there are none.
+        fleet_budgets = any(spec.scope == "fleet" for spec in specs)
+        self.fleet = FleetTotals(self.budgets, fleet) if fleet is not None and fleet_budgets else None
+        self._applied: Snapshot | None = None
 
     @fail_open  # a budget problem at start-up must not keep the proxy from starting
     def resume(self, db: Path) -> None:
@@ -84,6 +96,22 @@ class Budgets:
         for budget, key, spent in stored_spend(db, self.budgets, now):
             if (level := budget.tally.seed(key, spent)) is not None:
                 self.alerts.report(budget, key, level, now)
+        if self.fleet is not None:
+            self.fleet.start()
+            self._apply_fleet(now)
+
+    def _apply_fleet(self, now: float) -> None:
+        """Take the fleet's latest figures into the fleet budgets' totals (on the event loop)."""
+        snapshot = self.fleet.snapshot if self.fleet is not None else None
+        if snapshot is None or snapshot is self._applied:
+            return
+        self._applied = snapshot
+        for budget in self.budgets:
+            if (read := snapshot.spend.get(budget.name)) is None:
+                continue
+            budget.tally.current(now)
+            for key, level in budget.tally.set_others(*read):
+                self.alerts.report(budget, key, level, now)
 
     @fail_open
     def request(self, flow: http.HTTPFlow) -> None:
@@ -91,6 +119,7 @@ class Budgets:
         if capture is None or made_by_llmtap(flow):
             return
         now = time.time()
+        self._apply_fleet(now)
         downgrade: tuple[Budget, str] | None = None
         metadata = metadata_of(flow)
         for budget in self.budgets:
@@ -129,6 +158,8 @@ class Budgets:
         self._count(flow)
 
     def done(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
         self.alerts.close()
 
     def _count(self, flow: http.HTTPFlow) -> None:

@@ -32,9 +32,10 @@ in one piece once the retry has finished. A transport failure (no HTTP answer) i
 retried: mitmproxy 12 answers the client with a 502 itself right after the ``error`` hook,
 whatever the hook sets (``HttpStream.handle_protocol_error``).
 
-Signed requests (AWS SigV4) are never rewritten nor copied. The rules file is checked for
-changes at most once a second; a file that does not parse keeps the previous rules (the
-error is logged). Everything fails open, and a call no rule matches costs one dictionary
+Signed requests (AWS SigV4) are never rewritten nor copied. The rules (a file, or the fleet
+store's rules: a :class:`~collector.routing.rules.RulesSource`) are checked for changes at
+most once a second; a document that does not parse keeps the previous rules (the error is
+logged). Everything fails open, and a call no rule matches costs one dictionary
 lookup and a clock read.
 """
 
@@ -45,7 +46,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -67,7 +68,7 @@ from collector.proxy.own_calls import (
     output_of,
     send,
 )
-from collector.routing.rules import EVALUATION_ARMS, Rule, RulesError, first_match, load_rules
+from collector.routing.rules import EVALUATION_ARMS, Rule, RulesError, RulesSource, first_match, parse_rules
 from collector.storage.database import START_READ_WAIT_S, read_connection
 from collector.storage.schema import CallMetadata, RoutingMarks
 from collector.trust.failopen import fail_open, failures
@@ -75,7 +76,7 @@ from collector.wire.streams import StreamFn, joined
 
 log = logging.getLogger("llmtap.routing")
 
-#: Seconds between checks of the rules file for changes.
+#: Seconds between checks of the rules for changes.
 RELOAD_INTERVAL_S = 1.0
 #: Where a canary's sticky key is looked for, in order, per ``sticky`` value.
 STICKY_KEYS: dict[str, tuple[str, ...]] = {
@@ -140,13 +141,14 @@ class Plan:
     retry: bool = False
 
 
-class RulesFile:
-    """The rules file, re-read when its modification time or size changes."""
+class RulesWatch:
+    """The rules of a source, re-read when its version changes (a file's modification time or
+    size; the fleet store's rules version, which its source polls off the event loop)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, source: RulesSource) -> None:
+        self.source = source
         self.rules: list[Rule] = []
-        self._version: tuple[int, int] | None = None
+        self._version: Hashable = None
         self._next_check = 0.0
 
     def current(self) -> list[Rule]:
@@ -158,23 +160,17 @@ class RulesFile:
 
     def _reload(self) -> None:
         try:
-            stat = self.path.stat()
-            version = (stat.st_mtime_ns, stat.st_size)
-        except FileNotFoundError:
-            version = None
-        except OSError as exc:
-            log.warning("routing rules %s: cannot read (%s); keeping the previous rules", self.path, exc)
-            return
-        if version == self._version:
-            return
-        self._version = version
-        try:
-            rules = load_rules(self.path)
+            version = self.source.version()
+            if version == self._version:
+                return
+            self._version = version
+            text = self.source.text()
+            rules = [] if text is None else parse_rules(text, self.source.label)
         except RulesError as exc:  # a warning: an error at start-up would make mitmproxy exit
             log.warning("routing rules not reloaded, keeping the previous %d: %s", len(self.rules), exc)
             return
         self.rules = rules
-        log.info("routing: %d rule(s) from %s", len(rules), self.path)
+        log.info("routing: %d rule(s) from %s", len(rules), self.source.label)
 
 
 class ShadowSpend:
@@ -215,8 +211,8 @@ class ShadowSpend:
 
 
 class Router:
-    def __init__(self, rules_path: Path, noise_floor_fraction: float = 0.0) -> None:
-        self.rules = RulesFile(rules_path)
+    def __init__(self, rules: RulesSource, noise_floor_fraction: float = 0.0) -> None:
+        self.rules = RulesWatch(rules)
         self.noise_floor_fraction = noise_floor_fraction
         self.spend = ShadowSpend()
         self._tasks: set[asyncio.Task[None]] = set()
