@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -373,3 +374,26 @@ def test_a_compressed_request_falls_back_with_a_body_its_headers_describe(tmp_pa
     sent = [json.loads(gzip.decompress(r.body))["model"] for r in fake.received]
     assert sent == ["gpt-4o", "gpt-4o-mini"]
     assert all(r.headers.get("content-encoding") == "gzip" for r in fake.received)
+
+
+def test_when_every_target_fails_each_attempt_is_one_row(tmp_path: Path) -> None:
+    """Two targets both answer 500: two requests upstream, two rows. The client gets the last
+    target's answer, and its call's row is that attempt, linked to the first."""
+    with FakeUpstream() as fake:
+        fake.routes["/v1/chat/completions"] = Reply.json({"error": {"message": "down"}}, 500)
+        with proxy_with(tmp_path, fake, None, config=chain('"gpt-4o-mini"')) as proxy:
+            with pytest.raises(openai.InternalServerError):
+                ask(proxy)
+            rows = proxy.rows(
+                "SELECT call_id, status_code, request_model, routed_from_model, routing_arm, retry_of"
+                " FROM llm_calls",
+                wait_for=2,
+            )
+            time.sleep(1)  # no third row comes later
+            assert len(proxy.rows("SELECT call_id FROM llm_calls")) == 2
+    assert [json.loads(r.body)["model"] for r in fake.received] == ["gpt-4o", "gpt-4o-mini"]
+    first = next(r for r in rows if r["request_model"] == "gpt-4o")
+    last = next(r for r in rows if r is not first)
+    assert first["routing_arm"] == last["routing_arm"] == "fallback" and first["retry_of"] is None
+    assert last["retry_of"] == first["call_id"] and last["status_code"] == 500
+    assert (last["request_model"], last["routed_from_model"]) == ("gpt-4o-mini", "gpt-4o")

@@ -71,8 +71,11 @@ class HostTarget(Table):
 
     @property
     def upstream(self) -> str:
+        """``scheme://host:port``, as the stage names the call's own upstream, so a host that is
+        one chain's first target and another's fallback has one circuit breaker."""
         parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.scheme}://{parts.hostname}:{port}"
 
 
 class BreakerTable(Table):

@@ -25,7 +25,7 @@ from collector.providers import RequestFacts
 from collector.proxy.call import CAPTURE_KEY, REWRITE_KEY, ROUTING_KEY, Capture, made_by_llmtap, metadata_of
 from collector.proxy.fallback_relay import TICKET_HEADER, Attempt, Relay, Target, Ticket
 from collector.proxy.model_rewrite import is_signed, with_model
-from collector.routing.breaker import Breaker
+from collector.routing.breaker import Breaker, Upstreams
 from collector.routing.fallbacks import FallbackTable, HostTarget
 from collector.routing.rules import FALLBACK_ARM
 from collector.storage.schema import CallMetadata, ModelRewrite, RoutingMarks
@@ -61,7 +61,10 @@ class Fallbacks:
         self.chains = dict(chains)
         self.spool = spool
         self.rows = rows
-        self.breakers = {name: Breaker(chain.breaker.settings()) for name, chain in self.chains.items()}
+        upstreams: Upstreams = {}  # one state per upstream and model, whichever chains use it
+        self.breakers = {
+            name: Breaker(chain.breaker.settings(), upstreams) for name, chain in self.chains.items()
+        }
         self.relays: dict[str, Relay] = {}
 
     async def running(self) -> None:
@@ -98,22 +101,47 @@ class Fallbacks:
             chain.max_retry_after_s,
             owner=_Call(name, provider, capture.endpoint.api, metadata_of(flow), capture.request),
         )
-        flow.request.headers[TICKET_HEADER] = relay.open_ticket(ticket)
+        ticket_id = relay.open_ticket(ticket)
+        flow.request.headers[TICKET_HEADER] = ticket_id
         send_to(flow.request, "http", "127.0.0.1", relay.port)
-        flow.metadata[_KEY] = (name, ticket)
+        flow.metadata[_KEY] = (name, ticket, ticket_id)
 
     @fail_open
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """The answer is the last target's: the call's row says which model gave it and links
-        it to the first attempt."""
+        """The call's row is the attempt whose outcome the client got (the target that
+        answered, or the last that failed): it says which model and host that was and links it
+        to the first attempt."""
         entry = flow.metadata.get(_KEY)
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if entry is None or capture is None:
             return
-        name, ticket = entry
-        served = ticket.served
-        if served is None or served is ticket.targets[0]:
-            return  # the first target answered (an ordinary call), or none did
+        name, ticket, _ = entry
+        # The failed attempts that have rows of their own: all of them, or, when none answered,
+        # all but the last (this row).
+        rows = ticket.attempts if ticket.served is not None else ticket.attempts[:-1]
+        served = ticket.served or (ticket.attempts[-1].target if ticket.attempts else None)
+        if served is ticket.targets[0] and not rows:
+            return  # the first target answered at once, or failed with nothing else tried: ordinary
+        if served is not None:
+            self._answered_by(flow, capture, ticket, served)
+        # Linked to the first failed attempt; with none (every target before was skipped, or
+        # all were: a 503), the row still names the chain.
+        first = rows[0].call_id if rows else None
+        marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
+        if marks is None:
+            flow.metadata[ROUTING_KEY] = RoutingMarks(f"fallback:{name}", FALLBACK_ARM, retry_of=first)
+        else:
+            marks.retry_of = marks.retry_of or first
+
+    @fail_open
+    def error(self, flow: http.HTTPFlow) -> None:
+        """A call that failed before reaching the relay: its ticket (a copy of the request) goes."""
+        entry = flow.metadata.get(_KEY)
+        relay = self.relays.get(entry[0]) if entry is not None else None
+        if entry is not None and relay is not None:
+            relay.discard(entry[2])
+
+    def _answered_by(self, flow: http.HTTPFlow, capture: Capture, ticket: Ticket, served: Target) -> None:
         if served.model != capture.request.model:
             # A budget or a routing rule may have rewritten the model already: the client's
             # own model is the one the row keeps.
@@ -123,14 +151,6 @@ class Fallbacks:
             capture.request.model = served.model
         if urlsplit(served.url).netloc != urlsplit(ticket.targets[0].url).netloc:
             capture.host = urlsplit(served.url).hostname or capture.host  # another host answered
-        # Linked to the first failed attempt; with none (the first targets were skipped: their
-        # breakers open), the row still says a fallback answered.
-        first = ticket.attempts[0].call_id if ticket.attempts else None
-        marks: RoutingMarks | None = flow.metadata.get(ROUTING_KEY)
-        if marks is None:
-            flow.metadata[ROUTING_KEY] = RoutingMarks(f"fallback:{name}", FALLBACK_ARM, retry_of=first)
-        else:
-            marks.retry_of = marks.retry_of or first
 
     # -- targets ----------------------------------------------------------------------------
 
