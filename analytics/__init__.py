@@ -35,7 +35,6 @@ from analytics.anomalies import anomalies
 from analytics.cache import cache_rates, cache_savings, cache_summary, response_cache
 from analytics.dimensions import (
     DIMENSIONS,
-    ERROR_KINDS,
     TIME_BUCKETS,
     TRUNCATION_REASONS,
     dimension,
@@ -56,6 +55,7 @@ from analytics.recommender import (
 )
 from analytics.source import SCHEMA, SCORES_SCHEMA, db_path, import_feedback, load, load_scores
 from analytics.waste import waste, waste_flags
+from collector.calls.error_kinds import ERROR_KINDS
 
 __all__ = [
     "DIMENSIONS",

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from analytics.source import SCHEMA
+from collector.calls.error_kinds import CLIENT_DISCONNECT, ERROR_KINDS, UPSTREAM_RESET
 
 NONE = "(none)"
 
@@ -30,27 +31,17 @@ DIMENSIONS: dict[str, str] = {
     "user": "X-Llmtap-User",
     "session": "X-Llmtap-Session",
     "status_class": "2xx, 3xx, 4xx, 5xx, or none (no response)",
-    "error_kind": "see ERROR_KINDS (none for calls without error)",
+    "error_kind": f"why the call failed: {', '.join(ERROR_KINDS)} (none for calls without error)",
     **{name: f"start time truncated to the {name} (UTC)" for name in TIME_BUCKETS},
 }
 
 _COLUMNS = {"user": "user_id", "session": "session_id"}
 
-#: Error kinds, first matching rule wins (see :func:`error_kind`).
-ERROR_KINDS = ("client_disconnect", "upstream_reset", "rate_limited", "http_4xx", "http_5xx", "in_band")
 
 #: Finish reasons meaning "cut off at the output limit": OpenAI chat ``length``; Anthropic
 #: and Bedrock ``max_tokens``; Gemini, Vertex and Cohere ``MAX_TOKENS``; OpenAI Responses'
 #: ``incomplete_details.reason`` ``max_output_tokens``.
 TRUNCATION_REASONS = ("length", "max_tokens", "MAX_TOKENS", "max_output_tokens")
-
-_CLIENT_DISCONNECT = r"(?i)client.*disconnect|disconnect.*client"
-#: What a transport failure between proxy and provider looks like in mitmproxy's and
-#: h11's messages (a stream cut mid-way still has its 200 status).
-_UPSTREAM_RESET = (
-    r"(?i)reset|peer closed|incomplete|server disconnected|connection (?:closed|aborted|lost|refused)"
-    r"|timed? ?out|protocol error"
-)
 
 
 def is_error() -> pl.Expr:
@@ -81,9 +72,9 @@ def error_kind() -> pl.Expr:
     return (
         pl.when(text.is_null())
         .then(None)
-        .when(text.str.contains(_CLIENT_DISCONNECT))
+        .when(text.str.contains(CLIENT_DISCONNECT))
         .then(pl.lit("client_disconnect"))
-        .when(status.is_null() | ((status < 400) & text.str.contains(_UPSTREAM_RESET)))
+        .when(status.is_null() | ((status < 400) & text.str.contains(UPSTREAM_RESET)))
         .then(pl.lit("upstream_reset"))
         .when(status == 429)
         .then(pl.lit("rate_limited"))

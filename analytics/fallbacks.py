@@ -11,10 +11,9 @@ from __future__ import annotations
 import polars as pl
 
 from analytics.dimensions import error_kind, ok
+from collector.routing.rules import FALLBACK_ARM
 
-__all__ = ["FALLBACK_ARM", "fallbacks"]
-
-FALLBACK_ARM = "fallback"
+__all__ = ["fallbacks"]
 
 
 def fallbacks(calls: pl.LazyFrame) -> pl.DataFrame:

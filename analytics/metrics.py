@@ -25,7 +25,6 @@ from collections.abc import Sequence
 import polars as pl
 
 from analytics.dimensions import (
-    ERROR_KINDS,
     as_list,
     error_kind,
     group_keys,
@@ -34,6 +33,7 @@ from analytics.dimensions import (
     time_keys,
     truncated,
 )
+from collector.calls.error_kinds import ERROR_KINDS
 from collector.routing.rules import EVALUATION_ARMS
 
 DEFAULT_BY = ("model",)

@@ -330,3 +330,15 @@ def test_a_hit_costs_nothing_and_saved_what_its_tokens_cost_in_flight_by_the_loa
         ("hit", 0, 0, new, "override: gpt-4o-mini"),
         ("original", new, Decimal("0.002"), None, "override: gpt-4o-mini"),
     ]
+
+
+@pytest.mark.parametrize(
+    "header", [b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key", b"x-amz-security-token"]
+)
+def test_every_credential_header_separates_callers(header):
+    """Two callers differing only in one provider credential never share a key; the header's
+    case does not matter; a cookie (a browser session, not who pays) does not enter it."""
+    one = credential_digest([(header, b"key-of-caller-one")], "/v1/x")
+    assert one != credential_digest([(header, b"key-of-caller-two")], "/v1/x")
+    assert one == credential_digest([(header.upper(), b"key-of-caller-one"), (b"cookie", b"s=1")], "/v1/x")
+    assert credential_digest([], "/v1/x?key=a") != credential_digest([], "/v1/x?key=b")

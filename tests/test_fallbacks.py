@@ -5,6 +5,7 @@ closes, and a fallback's stream reaches the client unbuffered."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import struct
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -274,3 +276,124 @@ def test_a_bad_chain_is_a_clear_config_error(tmp_path: Path) -> None:
     message = str(error.value)
     assert 'fallbacks."chat".to must be a list of models' in message, message
     assert 'fallbacks."chat".on_status: statuses that count as failures are from 400 to 599' in message
+
+
+GOOGLE_KEY = "AIzaSyD-client-own-key-0123456789abcdefgh"
+GEMINI_ANSWER = {
+    "candidates": [{"content": {"parts": [{"text": "Paris"}], "role": "model"}, "finishReason": "STOP"}],
+    "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 1, "totalTokenCount": 10},
+}
+
+
+def curl(proxy, url: str, body: bytes, *headers: str) -> tuple[int, bytes]:
+    """POST ``body`` to ``url`` through ``proxy`` with curl; (status, body)."""
+    args = ["curl", "-sS", "-w", "\n%{http_code}", "--proxy", proxy.url,
+            "--cacert", str(proxy.data_dir / "ca-bundle.pem"), url, "--data-binary", "@-"]  # fmt: skip
+    for header in ("content-type: application/json", *headers):
+        args += ["-H", header]
+    out = subprocess.run(args, input=body, capture_output=True, timeout=30, check=True).stdout
+    answer, _, status = out.rpartition(b"\n")
+    return int(status), answer
+
+
+def test_the_clients_google_key_never_leaves_for_another_host(tmp_path: Path) -> None:
+    """A Gemini call carries its key in ``x-goog-api-key`` and ``?key=``: its own host gets
+    both; the fallback on another host gets neither, only its own key, in the header the
+    target names, and the rest of the query."""
+    from tests.conftest import running_proxy
+
+    path = "/v1beta/models/{}:generateContent"
+    with FakeUpstream() as primary, FakeUpstream() as other:
+        primary.routes[path.format("gemini-pro")] = Reply.json({"error": {"message": "down"}}, 503)
+        other.routes[path.format("gemini-flash")] = Reply.json(GEMINI_ANSWER)
+        (tmp_path / "llmtap.toml").write_text(
+            '[fallbacks.g]\nmatch = { model = "gemini-pro" }\n'
+            f'to = [{{ url = "{other.url}/v1beta", model = "gemini-flash", api_key_env = "OTHER_KEY",'
+            ' api_key_header = "x-api-key" }]\nmax_retry_after_s = 0\n'
+        )
+        data = tmp_path / "data"
+        data.mkdir()
+        with running_proxy(
+            data,
+            primary,
+            upstream_hosts=["generativelanguage.googleapis.com"],
+            extra_args=["--config", str(tmp_path / "llmtap.toml")],
+            env={"OTHER_KEY": OTHER_KEY},
+        ) as proxy:
+            url = "https://generativelanguage.googleapis.com" + path.format("gemini-pro")
+            body = json.dumps({"contents": [{"parts": [{"text": "Capital of France?"}]}]}).encode()
+            status, answer = curl(
+                proxy, f"{url}?alt=json&key={GOOGLE_KEY}", body, f"x-goog-api-key: {GOOGLE_KEY}"
+            )
+            rows = proxy.rows("SELECT * FROM llm_calls ORDER BY started_at", wait_for=2)
+    assert status == 200 and json.loads(answer) == GEMINI_ANSWER
+    (own,) = primary.received
+    assert GOOGLE_KEY in own.path and own.headers["x-goog-api-key"] == GOOGLE_KEY  # its own host
+    (sent,) = other.received
+    assert sent.path == path.format("gemini-flash") + "?alt=json"
+    assert GOOGLE_KEY not in json.dumps(sent.headers)
+    assert sent.headers["x-api-key"] == OTHER_KEY and "authorization" not in sent.headers
+    assert sorted(r["request_model"] for r in rows) == ["gemini-flash", "gemini-pro"]
+    assert GOOGLE_KEY not in json.dumps([{k: str(v) for k, v in r.items()} for r in rows])
+
+
+def test_an_azure_openai_target_gets_its_api_key_header_and_api_version(tmp_path: Path) -> None:
+    with FakeUpstream() as fake, FakeUpstream() as azure:
+        fake.routes["/v1/chat/completions"] = by_model(Reply.json({"error": {"message": "boom"}}, 500))
+        azure.routes["/openai/v1/chat/completions"] = by_model(None)
+        target = (
+            f'{{ url = "{azure.url}/openai/v1?api-version=preview", model = "gpt-4o-deployment",'
+            ' api_key_env = "OTHER_KEY", api_key_header = "api-key" }'
+        )
+        with proxy_with(tmp_path, fake, None, config=chain(target), env={"OTHER_KEY": OTHER_KEY}) as proxy:
+            assert ask(proxy) == "answered by gpt-4o-deployment"
+    (sent,) = azure.received
+    assert sent.path == "/openai/v1/chat/completions?api-version=preview"
+    assert sent.headers["api-key"] == OTHER_KEY
+    assert "authorization" not in sent.headers and SECRET not in json.dumps(sent.headers)
+
+
+def test_a_compressed_request_falls_back_with_a_body_its_headers_describe(tmp_path: Path) -> None:
+    """A gzip-encoded request body: each target gets a body that decodes under the
+    ``Content-Encoding`` it is sent with (the rewritten model's too)."""
+    with FakeUpstream() as fake:
+        fake.routes["/v1/chat/completions"] = lambda received: by_model(
+            Reply.json({"error": {"message": "boom"}}, 500)
+        )(Received(received.method, received.path, received.headers, gzip.decompress(received.body)))
+        with proxy_with(tmp_path, fake, None, config=chain('"gpt-4o-mini"')) as proxy:
+            body = gzip.compress(json.dumps({"model": "gpt-4o", "messages": QUESTION}).encode())
+            status, answer = curl(
+                proxy,
+                "https://api.openai.com/v1/chat/completions",
+                body,
+                "content-encoding: gzip",
+                f"authorization: Bearer {SECRET}",
+            )
+    assert status == 200, answer
+    assert json.loads(answer)["choices"][0]["message"]["content"] == "answered by gpt-4o-mini"
+    sent = [json.loads(gzip.decompress(r.body))["model"] for r in fake.received]
+    assert sent == ["gpt-4o", "gpt-4o-mini"]
+    assert all(r.headers.get("content-encoding") == "gzip" for r in fake.received)
+
+
+def test_when_every_target_fails_each_attempt_is_one_row(tmp_path: Path) -> None:
+    """Two targets both answer 500: two requests upstream, two rows. The client gets the last
+    target's answer, and its call's row is that attempt, linked to the first."""
+    with FakeUpstream() as fake:
+        fake.routes["/v1/chat/completions"] = Reply.json({"error": {"message": "down"}}, 500)
+        with proxy_with(tmp_path, fake, None, config=chain('"gpt-4o-mini"')) as proxy:
+            with pytest.raises(openai.InternalServerError):
+                ask(proxy)
+            rows = proxy.rows(
+                "SELECT call_id, status_code, request_model, routed_from_model, routing_arm, retry_of"
+                " FROM llm_calls",
+                wait_for=2,
+            )
+            time.sleep(1)  # no third row comes later
+            assert len(proxy.rows("SELECT call_id FROM llm_calls")) == 2
+    assert [json.loads(r.body)["model"] for r in fake.received] == ["gpt-4o", "gpt-4o-mini"]
+    first = next(r for r in rows if r["request_model"] == "gpt-4o")
+    last = next(r for r in rows if r is not first)
+    assert first["routing_arm"] == last["routing_arm"] == "fallback" and first["retry_of"] is None
+    assert last["retry_of"] == first["call_id"] and last["status_code"] == 500
+    assert (last["request_model"], last["routed_from_model"]) == ("gpt-4o-mini", "gpt-4o")

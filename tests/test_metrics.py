@@ -10,6 +10,7 @@ store's. It is skipped only where /usr/bin/prometheus is missing (``.ci/run`` in
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +28,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ import httpx
 import openai
 import polars as pl
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from analytics.dimensions import error_kind
 from collector.budgets.limits import Budget
@@ -42,7 +46,6 @@ from collector.metrics.exposition import number, render
 from collector.metrics.families import budget_use, families
 from collector.metrics.labels import OTHER, LabelBounds, escape, shown
 from collector.metrics.query import (
-    FALLBACK_ARM,
     MAX_RAW_GROUPS,
     SECONDS_BUCKETS,
     TOKEN_BUCKETS,
@@ -50,7 +53,7 @@ from collector.metrics.query import (
     read_groups,
 )
 from collector.metrics.server import exposition
-from collector.proxy.addons import fallback as fallback_stage
+from collector.routing.rules import FALLBACK_ARM
 from collector.settings.config import BudgetSpec
 from collector.storage.database import ensure_schema, read_connection
 from collector.trust.boundary import TRUNCATED
@@ -283,7 +286,6 @@ def test_fallbacks_count_the_calls_a_fallback_answered(tmp_path):
     assert total(samples, "llmtap_fallbacks_total") == 3
     assert total(samples, "llmtap_calls_total") == 7  # the attempts are the client's calls
     assert total(samples, "llmtap_errors_total") == 3
-    assert FALLBACK_ARM == fallback_stage.FALLBACK_ARM
 
 
 def test_error_kinds_match_the_analytics():
@@ -387,11 +389,11 @@ def test_budget_use_reads_the_proxys_running_totals():
     total_budget.tally.seed("", Decimal(1))
     for i in range(15):
         per_user.tally.seed(f"user-{i:02}", Decimal(i) / 10)
-    found = budget_use([total_budget, per_user], now)
-    assert found[0] == ("daily", None, 0.25)
-    assert found[1:] == [("per-user", f"user-{i:02}", i / 20) for i in range(14, 4, -1)]  # the 10 biggest
+    # A budget per user shows its largest total: no user id becomes a label.
+    assert budget_use([total_budget, per_user], now) == [("daily", 0.25), ("per-user", 14 / 20)]
     # Once the period is over (no call has rolled the tally yet), nothing is spent in the new one.
-    assert budget_use([total_budget], total_budget.tally.window.end + 1) == [("daily", None, 0.0)]
+    assert budget_use([total_budget], total_budget.tally.window.end + 1) == [("daily", 0.0)]
+    assert budget_use([per_user], per_user.tally.window.end + 1) == [("per-user", 0.0)]
 
 
 # --- the endpoint ------------------------------------------------------------------------------
@@ -635,3 +637,143 @@ def check_against_store(url: str, proxy: ProxyProcess) -> None:
     # The quantile Prometheus computes from the buckets lies within the bucket bounds.
     p50 = query(url, "histogram_quantile(0.5, sum by (le) (gen_ai_client_token_usage_bucket))")
     assert p50 is not None and 1 <= p50 <= TOKEN_BUCKETS[-1]
+
+
+# --- OTLP metrics, pushed to a local OTLP/HTTP receiver --------------------------------------------
+
+
+class OtlpReceiver:
+    """Accepts OTLP/HTTP protobuf exports (metrics on /v1/metrics; spans are taken and dropped)."""
+
+    def __init__(self) -> None:
+        self.metrics: list[ExportMetricsServiceRequest] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if self.path == "/v1/metrics":
+                    receiver.metrics.append(ExportMetricsServiceRequest.FromString(body))
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def latest(self) -> dict[str, Any]:
+        """The last export's metrics by name (empty before the first)."""
+        if not self.metrics:
+            return {}
+        (resource,) = self.metrics[-1].resource_metrics
+        (scope,) = resource.scope_metrics
+        assert scope.scope.name == "llmtap"
+        return {metric.name: metric for metric in scope.metrics}
+
+
+def otlp_attributes(point: Any) -> dict[str, str]:
+    return {kv.key: kv.value.string_value for kv in point.attributes}
+
+
+def otlp_sum(metrics: dict[str, Any], name: str, **where: str) -> float:
+    metric = metrics[name]
+    points = metric.histogram.data_points if metric.HasField("histogram") else metric.sum.data_points
+    chosen = [p for p in points if all(otlp_attributes(p).get(k) == v for k, v in where.items())]
+    if metric.HasField("histogram"):
+        return sum(p.sum for p in chosen)
+    return sum(p.as_double or p.as_int for p in chosen)
+
+
+def test_otlp_metrics_equal_the_store(tmp_path):
+    """With an OTLP endpoint set, the proxy pushes the same metrics under their OpenTelemetry
+    names every ``OTEL_METRIC_EXPORT_INTERVAL``, cumulative, and once more as it stops."""
+    receiver = OtlpReceiver()
+    config = tmp_path / "llmtap.toml"
+    config.write_text('[budgets."daily"]\nlimit_usd = 0.5\nperiod = "day"\n')
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_METRIC_EXPORT_INTERVAL": "300"}
+    try:
+        with FakeUpstream() as upstream:
+            upstream.routes["/v1/chat/completions"] = chat
+            with running_proxy(
+                tmp_path / "data", upstream, extra_args=["--config", str(config)], env=env
+            ) as proxy:
+                sent = drive(proxy)
+                proxy.rows(wait_for=sent)
+                metrics = until(receiver.latest, lambda m: m and otlp_sum(m, "llmtap.calls") == sent)
+                (store,) = proxy.rows(
+                    "SELECT sum(cost_usd) AS cost, sum(input_tokens) AS input, sum(output_tokens) AS output,"
+                    " count(input_tokens) AS input_calls, sum(latency_ms) / 1000 AS seconds FROM llm_calls"
+                )
+                exports = len(receiver.metrics)
+            # The stop sends a last reading after the store has every call.
+            assert len(receiver.metrics) > exports
+    finally:
+        receiver.close()
+    assert math.isclose(otlp_sum(metrics, "llmtap.cost"), float(store["cost"]), rel_tol=1e-12)
+    assert metrics["llmtap.cost"].unit == "USD" and metrics["llmtap.cost"].sum.is_monotonic
+    assert otlp_sum(metrics, "llmtap.calls", **{"llmtap.app": "checkout"}) == 3
+    assert otlp_sum(metrics, "llmtap.errors", **{"error.type": "rate_limited"}) == 1
+    tokens = metrics["gen_ai.client.token.usage"]
+    assert tokens.unit == "{token}"
+    assert otlp_sum(metrics, "gen_ai.client.token.usage", **{"gen_ai.token.type": "input"}) == store["input"]
+    assert (
+        otlp_sum(metrics, "gen_ai.client.token.usage", **{"gen_ai.token.type": "output"}) == store["output"]
+    )
+    cumulative = 2  # AGGREGATION_TEMPORALITY_CUMULATIVE
+    for name in ("gen_ai.client.token.usage", "gen_ai.client.operation.duration"):
+        histogram = metrics[name].histogram
+        assert histogram.aggregation_temporality == cumulative
+        for point in histogram.data_points:
+            # OTLP counts per bucket (one more bucket than bounds), not cumulatively.
+            assert len(point.bucket_counts) == len(point.explicit_bounds) + 1
+            assert sum(point.bucket_counts) == point.count > 0
+            assert not point.HasField("min") and not point.HasField("max")
+            assert point.start_time_unix_nano < point.time_unix_nano
+    inputs = [p for p in tokens.histogram.data_points if otlp_attributes(p)["gen_ai.token.type"] == "input"]
+    assert sum(p.count for p in inputs) == store["input_calls"]
+    assert list(inputs[0].explicit_bounds) == [float(b) for b in TOKEN_BUCKETS]
+    duration = metrics["gen_ai.client.operation.duration"]
+    assert duration.unit == "s"
+    assert math.isclose(otlp_sum(metrics, "gen_ai.client.operation.duration"), store["seconds"], rel_tol=1e-9)
+    first_chunk = metrics["gen_ai.client.operation.time_to_first_chunk"].histogram.data_points
+    assert sum(p.count for p in first_chunk) == 4
+    point = metrics["llmtap.calls"].sum.data_points[0]
+    assert set(otlp_attributes(point)) >= {
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+    }
+    (ratio,) = metrics["llmtap.budget.used_ratio"].gauge.data_points
+    assert otlp_attributes(ratio) == {"llmtap.budget": "daily"}
+    assert math.isclose(ratio.as_double, float(store["cost"]) / 0.5, rel_tol=1e-9)
+
+
+def test_otlp_metrics_fail_open(tmp_path, caplog):
+    """An OTLP endpoint that is down: the export fails, is logged once, and traffic is untouched."""
+    from collector.metrics.otlp import OtlpMetrics
+
+    db = make_store(tmp_path, [row(0), row(1)])
+    exporter = OtlpMetrics(db, f"http://127.0.0.1:{free_port()}/v1/metrics", 60.0)
+    with caplog.at_level(logging.ERROR, logger="llmtap.metrics"):
+        assert exporter.export() is False
+        assert exporter.export() is False
+    reasons = [r.getMessage() for r in caplog.records if r.name == "llmtap.metrics"]
+    assert len(reasons) == 1 and "llmtap's OTLP metrics unavailable" in reasons[0], reasons
+    receiver = OtlpReceiver()
+    try:
+        exporter = OtlpMetrics(db, receiver.url + "/v1/metrics", 60.0)
+        assert exporter.export() is True
+        assert otlp_sum(receiver.latest(), "llmtap.calls") == 2
+    finally:
+        receiver.close()

@@ -107,9 +107,16 @@ def ask(proxy: ProxyProcess, question: str = "Capital of France? A) Rome B) Pari
     return reply.choices[0].message.content
 
 
-def proxy_with(tmp_path: Path, fake: FakeUpstream, rules: str | None, *args: str, config: str = ""):
-    """A proxy on a fresh data directory with ``rules`` as its rules file and ``config``
-    (TOML) as its config file."""
+def proxy_with(
+    tmp_path: Path,
+    fake: FakeUpstream,
+    rules: str | None,
+    *args: str,
+    config: str = "",
+    env: dict[str, str] | None = None,
+):
+    """A proxy on a fresh data directory with ``rules`` as its rules file, ``config`` (TOML) as
+    its config file and ``env`` added to its environment."""
     data = tmp_path / "data"
     data.mkdir()
     if rules is not None:
@@ -117,7 +124,7 @@ def proxy_with(tmp_path: Path, fake: FakeUpstream, rules: str | None, *args: str
     if config:
         (tmp_path / "llmtap.toml").write_text(config)
         args = (*args, "--config", str(tmp_path / "llmtap.toml"))
-    return running_proxy(data, fake, extra_args=list(args))
+    return running_proxy(data, fake, extra_args=list(args), env=env)
 
 
 def test_enforce_rewrites_and_records_the_client_model(tmp_path, fake):

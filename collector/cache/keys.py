@@ -24,7 +24,7 @@ import json
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
-from collector.trust.privacy import SECRET_QUERY_KEYS
+from collector.trust.privacy import SECRET_HEADERS, SECRET_QUERY_KEYS
 
 __all__ = [
     "CANONICAL_LIMIT",
@@ -36,9 +36,10 @@ __all__ = [
     "shaping_headers",
 ]
 
-#: Request headers that carry the caller's credential for the provider (lower case).
+#: Request headers that carry the caller's credential for the provider (lower case): the secret
+#: headers less cookies, which name a browser session, not who pays.
 CREDENTIAL_HEADERS = frozenset(
-    {b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key", b"x-amz-security-token"}
+    name.encode() for name in SECRET_HEADERS - {"cookie", "set-cookie", "proxy-authorization"}
 )
 #: Request headers that change the answer for the same body (lower case).
 SHAPING_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta", b"openai-beta"})

@@ -146,7 +146,7 @@ class OtlpExporter:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        # As resolved by collector.settings.config.otlp_traces_url: a traces-only endpoint is used as is.
+        # As resolved by collector.settings.config.otlp_url: a traces-only endpoint is used as is.
         self._provider = TracerProvider(resource=Resource.create({"service.name": "llmtap"}))
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url)))
         self._tracer = self._provider.get_tracer("llmtap")

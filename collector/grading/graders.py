@@ -47,11 +47,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, assert_never, cast, get_args
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, PrivateAttr, Strict, model_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 from collector.providers.base import Output
 from collector.routing import compare
-from collector.settings.validation import HttpUrl, Item, Table, field_error, not_as_described
+from collector.settings.validation import HttpUrl, Names, Seconds, Table, field_error, not_as_described
 
 if TYPE_CHECKING:
     from urllib.request import OpenerDirector
@@ -196,8 +196,6 @@ DatasetFile = Annotated[
     Field(description='the path of a JSONL file of {"prompt": "...", "reference": "..."} lines'),
 ]
 JsonSchema = Annotated[dict[str, Any], BeforeValidator(_json_schema)]
-Seconds = Annotated[float, Strict(), Field(gt=0, description="a positive number of seconds")]
-Names = Annotated[tuple[Item, ...], Field(min_length=1)]
 #: ``module:attribute`` (both possibly dotted): how a Python callable is named.
 FUNCTION_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
 FunctionName = Annotated[

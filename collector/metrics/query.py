@@ -12,7 +12,7 @@ Only production calls count: the proxy's own evaluation calls (``routing_arm`` i
 :data:`collector.routing.rules.EVALUATION_ARMS`, or ``shadow_of`` set) are spend on
 choosing a model, which ``analytics.shadow_spend`` reports; the analytics' spend and
 summary leave them out the same way. Retries and fallback attempts are production: they are
-the client's call (see :data:`FALLBACK_ARM`).
+the client's call (see :data:`collector.routing.rules.FALLBACK_ARM`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ from typing import Any
 
 import duckdb
 
-from collector.routing.rules import EVALUATION_ARMS
+from collector.calls.error_kinds import CLIENT_DISCONNECT, UPSTREAM_RESET
+from collector.routing.rules import EVALUATION_ARMS, FALLBACK_ARM
 
 __all__ = [
-    "CACHE_COLUMNS",
     "COLUMNS",
-    "ERROR_KINDS",
-    "FALLBACK_ARM",
     "HISTOGRAMS",
     "LABELS",
     "MAX_RAW_GROUPS",
@@ -72,36 +70,14 @@ _MS_BOUNDS: tuple[int, ...] = tuple(10 * 2**i for i in range(len(SECONDS_BUCKETS
 #: The labels whose values come from traffic and are capped (the store's column for each).
 LABELS: dict[str, str] = {"provider": "provider", "model": "request_model", "app": "app"}
 
-#: ``routing_arm`` of a fallback chain's attempts and of the call a later target answered
-#: (``collector.proxy.addons.fallback.FALLBACK_ARM``; a stage the collector's other parts do not
-#: import). A call a fallback answered has no error and ``retry_of`` set (the first attempt), or
-#: no ``retry_of`` when the targets before it were skipped (their circuit breakers open); a
-#: routing rule's retry with the client's model (arm ``retry``) has ``retry_of`` set too.
-FALLBACK_ARM = "fallback"
-
-#: Columns the response cache adds; a store written before it lacks them.
-CACHE_COLUMNS = ("cache_hit", "cache_saved_usd")
-
-#: Error kinds in the order their rules are tried (the analytics' ``ERROR_KINDS``).
-ERROR_KINDS = ("client_disconnect", "upstream_reset", "rate_limited", "http_4xx", "http_5xx", "in_band")
-#: The analytics' patterns (analytics/dimensions.py, which the collector may not import;
-#: tests/test_metrics.py checks both classify alike). RE2 and Rust's regex read them the same.
-_CLIENT_DISCONNECT = r"(?i)client.*disconnect|disconnect.*client"
-_UPSTREAM_RESET = (
-    r"(?i)reset|peer closed|incomplete|server disconnected|connection (?:closed|aborted|lost|refused)"
-    r"|timed? ?out|protocol error"
-)
-
 
 def error_kind_sql(status: str = "status_code", error: str = "error") -> str:
-    """SQL for why an erroring call failed (NULL for calls without error), rule for rule as
-    :func:`analytics.dimensions.error_kind`: the client hung up; the connection to the provider
-    failed before any status, or broke mid-answer below 400 with a transport message; 429;
-    other 4xx; 5xx; otherwise the provider reported the error inside its answer."""
+    """SQL for why an erroring call failed (NULL for calls without error): the rules of
+    :mod:`collector.calls.error_kinds`, in their order."""
     return (
         f"CASE WHEN {error} IS NULL THEN NULL"
-        f" WHEN regexp_matches({error}, '{_CLIENT_DISCONNECT}') THEN 'client_disconnect'"
-        f" WHEN {status} IS NULL OR ({status} < 400 AND regexp_matches({error}, '{_UPSTREAM_RESET}'))"
+        f" WHEN regexp_matches({error}, '{CLIENT_DISCONNECT}') THEN 'client_disconnect'"
+        f" WHEN {status} IS NULL OR ({status} < 400 AND regexp_matches({error}, '{UPSTREAM_RESET}'))"
         " THEN 'upstream_reset'"
         f" WHEN {status} = 429 THEN 'rate_limited'"
         f" WHEN {status} BETWEEN 400 AND 499 THEN 'http_4xx'"
@@ -153,6 +129,9 @@ def _aggregates(columns: set[str]) -> list[str]:
     aggregates = [
         "count(*) AS calls",
         "sum(cost_usd) AS cost_usd",
+        # A call a fallback answered has no error and retry_of set (the first attempt), or no
+        # retry_of when the targets before it were skipped (their breakers open); a routing
+        # rule's retry with the client's model (arm "retry") has retry_of set too.
         f"count_if(error IS NULL AND (retry_of IS NOT NULL OR routing_arm = '{FALLBACK_ARM}')) AS fallbacks",
         f"{cache_hit} AS cache_hits",
         f"{cache_saved} AS cache_saved_usd",

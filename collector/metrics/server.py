@@ -1,21 +1,18 @@
 """The metrics endpoint: ``GET /metrics`` on 127.0.0.1, from a thread of the proxy.
 
-A scrape reads the store (one aggregate query, :mod:`collector.metrics.query`) on the
-server's own thread; the proxy's event loop and the calls it carries never wait on it. What
-that thread does still shares the process with the event loop, so it is kept small where
-they meet: the query runs on one DuckDB thread (the event loop keeps a core) with the GIL
-released; its result is fetched in types that convert in about 2 ms (the GIL is held that
-long, once); rendering the text cedes the GIL every few series
-(:func:`collector.metrics.exposition.cede`); the answer is encoded once and reused.
+A scrape reads the store (:func:`collector.metrics.snapshot.snapshot`: one aggregate query) on
+the server's own thread; the proxy's event loop and the calls it carries never wait on it, and
+rendering the text cedes the GIL every few series; the answer is encoded once and reused.
 
 The rendered text is kept for :data:`CACHE_S` (longer when the query is slow: ten times what
 it took), so several scrapers, or one scraping every 100 ms, do not multiply the work: the
 query never takes more than a tenth of a core on average. Scrapes run one at a time; a scrape
 arriving while another queries waits for it and shares its answer.
 
-Fail open: a scrape that cannot read the store (locked past :data:`STORE_WAIT_S`, missing,
-broken) or hits a bug answers 500 with a one-line reason and logs it once (and again when it
-changes, and when scrapes work again); nothing here touches traffic.
+Fail open: a scrape that cannot read the store (locked past
+:data:`collector.metrics.snapshot.STORE_WAIT_S`, missing, broken) or hits a bug answers 500
+with a one-line reason and logs it once (and again when it changes, and when scrapes work
+again); nothing here touches traffic.
 """
 
 from __future__ import annotations
@@ -27,17 +24,12 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import duckdb
-
 from collector.budgets.limits import Budget
-from collector.metrics.exposition import CONTENT_TYPE, Family, render
-from collector.metrics.families import families
+from collector.metrics.exposition import CONTENT_TYPE, render
 from collector.metrics.labels import LabelBounds
-from collector.metrics.query import read_groups
-from collector.storage.database import read_connection
-from collector.trust.boundary import text
+from collector.metrics.snapshot import Failures, snapshot
 
-__all__ = ["CACHE_S", "HOST", "PATH", "STORE_WAIT_S", "MetricsPortError", "MetricsServer", "exposition"]
+__all__ = ["CACHE_S", "HOST", "PATH", "MetricsPortError", "MetricsServer", "exposition"]
 
 log = logging.getLogger("llmtap.metrics")
 
@@ -48,8 +40,6 @@ PATH = "/metrics"
 CACHE_S = 1.0
 #: A rendered answer is reused for at least this many times the query's duration.
 QUERY_SHARE = 10
-#: Longest wait for the loader to let go of the store; Prometheus' default scrape timeout is 10 s.
-STORE_WAIT_S = 5.0
 #: Longest :meth:`MetricsServer.stop` waits for a scrape in progress.
 STOP_WAIT_S = 30.0
 #: Longest a client may take to send its request.
@@ -57,17 +47,10 @@ REQUEST_TIMEOUT_S = 10.0
 
 
 def exposition(db: Path, bounds: LabelBounds, budgets: Sequence[Budget] = ()) -> tuple[str, float]:
-    """One scrape's text from the store at ``db`` (label values as ``bounds`` allow, admitting
-    new ones) and the proxy's ``budgets``, and how long its query took in seconds."""
-    started = time.monotonic()
-    with read_connection(db, STORE_WAIT_S) as con:
-        con.execute("SET threads = 1")  # the other core stays the event loop's
-        groups = read_groups(con, bounds.kept_lists(), bounds.free())
-    query_s = time.monotonic() - started
-    shown = families(groups, bounds, budgets, time.time())
-    query = Family("llmtap_metrics_query_seconds", "gauge", "How long this scrape's query of the store took")
-    query.add("", round(query_s, 6))
-    return render([*shown, query]), query_s
+    """One scrape's text from the store at ``db`` and the proxy's ``budgets`` (see
+    :func:`collector.metrics.snapshot.snapshot`), and how long its query took in seconds."""
+    metrics, query_s = snapshot(db, bounds, budgets)
+    return render(metrics), query_s
 
 
 class MetricsPortError(OSError):
@@ -125,7 +108,7 @@ class MetricsServer:
         self.bounds = LabelBounds()
         self._lock = threading.Lock()
         self._cached: tuple[float, bytes] | None = None  # (reuse until, monotonic; UTF-8 text)
-        self._failing: str | None = None
+        self._failures = Failures(log, "llmtap metrics")
         self._query_s = 0.0
         self._closed = False
         try:
@@ -169,9 +152,7 @@ class MetricsServer:
                 return self._cached[1]
             body = self._scrape().encode()
             self._cached = (time.monotonic() + max(CACHE_S, QUERY_SHARE * self._query_s), body)
-            if self._failing is not None:
-                log.info("metrics: scrapes work again")
-                self._failing = None
+            self._failures.worked()
             return body
 
     def _scrape(self) -> str:
@@ -180,15 +161,4 @@ class MetricsServer:
 
     def failed(self, exc: Exception) -> str:
         """The one-line reason a scrape answers 500; logged when it is new."""
-        first_line = next(iter(str(exc).splitlines()), "")
-        reason = f"llmtap metrics unavailable: {type(exc).__name__}: {text(first_line, limit=200)}"
-        if reason != self._failing:
-            self._failing = reason
-            # The store's own errors (locked, missing, broken) say it all; anything else is a bug.
-            bug = not isinstance(exc, duckdb.Error | OSError)
-            log.error(
-                "%s (traffic unaffected; logged again only if the reason changes)",
-                reason,
-                exc_info=exc if bug else None,
-            )
-        return reason
+        return self._failures.failed(exc)

@@ -16,6 +16,7 @@ from mitmproxy import http
 from collector.proxy.call import REWRITE_KEY, Capture
 from collector.storage.schema import ModelRewrite
 from collector.wire.bodies import json_or_none
+from collector.wire.headers import signs_body
 
 __all__ = ["is_signed", "rewrite_model", "with_model"]
 
@@ -24,7 +25,7 @@ _PATH_MODEL = re.compile(r"/models/([^/:?]+):")
 
 def is_signed(headers: http.Headers) -> bool:
     """AWS SigV4 signs the body: changing it would make the request fail."""
-    return headers.get("authorization", "").startswith("AWS4-") or "x-amz-content-sha256" in headers
+    return any(signs_body(name.lower(), value) for name, value in headers.fields)
 
 
 def rewrite_model(flow: http.HTTPFlow, capture: Capture, target: str) -> str | None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
@@ -45,6 +46,9 @@ from collector.storage.database import ensure_schema
 from collector.storage.loader import IngestWorker
 from collector.storage.spool import Spool
 from collector.trust.private import private_dir, tighten
+
+if TYPE_CHECKING:
+    from collector.metrics.otlp import OtlpMetrics
 
 log = logging.getLogger("llmtap.proxy")
 
@@ -108,6 +112,8 @@ class LlmtapProxy:
         self.stored_all: bool | None = None
         #: The Prometheus endpoint (``--metrics-port``), once :meth:`serve` has bound it.
         self.metrics: MetricsServer | None = None
+        #: The OTLP metrics export (an OTLP endpoint is set), once :meth:`serve` has started it.
+        self.otlp_metrics: OtlpMetrics | None = None
 
     def _stages(self) -> list[object]:
         """The pipeline's stages, in the order each mitmproxy event reaches them. Each stage
@@ -170,6 +176,16 @@ class LlmtapProxy:
             # Off the event loop: scrapes query the store on the server's own thread.
             budgets = self.budgets.budgets if self.budgets is not None else ()
             self.metrics = MetricsServer(self.settings.paths.db, self.settings.metrics_port, budgets).start()
+        if self.settings.otlp_metrics_endpoint is not None:
+            # Imported here: the OpenTelemetry SDK's metrics stay out of proxies that do not export.
+            from collector.metrics.otlp import OtlpMetrics
+
+            self.otlp_metrics = OtlpMetrics(
+                self.settings.paths.db,
+                self.settings.otlp_metrics_endpoint,
+                self.settings.otlp_metrics_interval_s,
+                self.budgets.budgets if self.budgets is not None else (),
+            ).start()
         opts = options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         self._configure(opts)  # after DumpMaster: its addons declare most options
@@ -220,6 +236,8 @@ class LlmtapProxy:
             self.metrics.stop()
         self.spans.shutdown()
         saved = self.stored_all = self.ingester.stop(timeout)
+        if self.otlp_metrics is not None:
+            self.otlp_metrics.stop()  # after the store has every call: the last export counts them
         if not saved:
             log.error(
                 "some calls could not be written to %s yet; they stay in %s and are loaded at the next start",

@@ -5,6 +5,8 @@
     to = [
       "gpt-4o-mini",                                  # another model, same host and key
       { url = "https://openrouter.ai/api/v1", model = "openai/gpt-4o", api_key_env = "OPENROUTER_API_KEY" },
+      { url = "https://acme.openai.azure.com/openai/v1", model = "gpt-4o",
+        api_key_env = "AZURE_OPENAI_API_KEY", api_key_header = "api-key" },
     ]
     on_status = [429, 500, 502, 503, 504]   # answers that count as failures (the default)
     first_byte_timeout_s = 30               # no response head by then: a failure
@@ -14,26 +16,26 @@
 A call the chain matches goes first where it was going; on a failure (a transport error, no
 answer head in time, or a listed status) the next target is tried, and so on (see
 :mod:`collector.proxy.fallback_relay`). A target on another host gets that host's key from
-``api_key_env`` (the client's own credentials never leave for another host); with the
-variable unset the target is skipped. Requests signed over their body (AWS SigV4) are
-never re-sent anywhere.
+``api_key_env``, sent as ``api_key_header`` says (``Authorization: Bearer`` by default; Azure
+OpenAI's ``api-key``, or ``x-api-key`` as Anthropic's API takes it); the client's own
+credentials never leave for another host. With the variable unset the target is skipped.
+The URL's query is kept (Azure's ``api-version``). Requests signed over their body (AWS
+SigV4) are never re-sent anywhere.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, Strict, field_validator
 
 from collector.routing.breaker import BreakerSettings
-from collector.settings.validation import HttpUrl, Table, Text
+from collector.settings.validation import HttpUrl, Seconds, Table, Text
 
 __all__ = ["DEFAULT_FAILURE_STATUSES", "BreakerTable", "FallbackTable", "HostTarget", "Match"]
 
 DEFAULT_FAILURE_STATUSES = (429, 500, 502, 503, 504)
-
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False, description="a positive number of seconds")]
 
 
 class Match(Table):
@@ -58,11 +60,22 @@ class HostTarget(Table):
     api_key_env: Annotated[
         str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="an environment variable name")
     ]
+    api_key_header: Literal["authorization", "api-key", "x-api-key"] = "authorization"
+
+    def credential(self, key: str) -> tuple[bytes, bytes]:
+        """The header carrying ``key`` to this host: ``Authorization: Bearer KEY``, or the key
+        as the value of ``api-key`` (Azure OpenAI) or ``x-api-key``."""
+        if self.api_key_header == "authorization":
+            return b"authorization", f"Bearer {key}".encode()
+        return self.api_key_header.encode(), key.encode()
 
     @property
     def upstream(self) -> str:
+        """``scheme://host:port``, as the stage names the call's own upstream, so a host that is
+        one chain's first target and another's fallback has one circuit breaker."""
         parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.scheme}://{parts.hostname}:{port}"
 
 
 class BreakerTable(Table):

@@ -51,6 +51,9 @@ Feature = Literal[FEATURES]  # type: ignore[valid-type]
 EVALUATION_ARMS = ("shadow", "noise_floor", "judge")
 #: ``routing_arm`` values of every call llmtap makes itself: the evaluation calls and retries.
 OWN_CALL_ARMS = (*EVALUATION_ARMS, "retry")
+#: ``routing_arm`` of a fallback chain's failed attempts and of the call a later target answered
+#: (:mod:`collector.proxy.addons.fallback`): production calls, the client's own.
+FALLBACK_ARM = "fallback"
 #: ``routing_arm`` values of the calls whose answers are read in flight: a sampled live call
 #: (its answer is the incumbent) and the evaluation calls.
 COMPARED_ARMS = ("live", *EVALUATION_ARMS)

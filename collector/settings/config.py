@@ -90,6 +90,8 @@ from collector.settings.paths import Paths, resolve_data_dir
 from collector.settings.validation import (
     HttpUrl,
     Item,
+    Names,
+    Seconds,
     Table,
     Text,
     explain,
@@ -336,9 +338,9 @@ class RoutingSpec(Table):
 
 # -- [cache] ------------------------------------------------------------------------------------
 
-Seconds = Annotated[float, Strict(), Field(gt=0, description="a positive number of seconds")]
-Megabytes = Annotated[float, Strict(), Field(gt=0, description="a positive number of megabytes (MB)")]
-Names = Annotated[tuple[Item, ...], Field(min_length=1)]
+Megabytes = Annotated[
+    float, Strict(), Field(gt=0, allow_inf_nan=False, description="a positive number of megabytes (MB)")
+]
 
 
 class CacheSettings(Table):
@@ -534,8 +536,12 @@ class Settings(Table):
     extra_hosts: dict[str, str] = Field(default_factory=dict)
     capture: Capture = "full"
     default_app: str | None = None
-    #: The OTLP/HTTP URL spans are POSTed to (see :func:`otlp_traces_url`); None: no export.
+    #: The OTLP/HTTP URL spans are POSTed to (see :func:`otlp_url`); None: no export.
     otlp_endpoint: str | None = None
+    #: The OTLP/HTTP URL metrics are POSTed to (see :func:`otlp_url`); None: no export.
+    otlp_metrics_endpoint: str | None = None
+    #: Seconds between two metrics exports (see :func:`otlp_metrics_interval`).
+    otlp_metrics_interval_s: float = 60.0
     #: Per-model price overrides from the config's ``[prices."MODEL"]`` tables.
     prices: dict[str, Rates] = Field(default_factory=dict)
     #: Per provider: add ``stream_options.include_usage`` to streams that lack it (the
@@ -595,7 +601,9 @@ def load_settings(
         "extra_hosts": {host.lower(): family for host, family in file.hosts.items()},
         "capture": file.capture,
         "default_app": file.app,
-        "otlp_endpoint": otlp_traces_url(file.otlp_endpoint, os.environ),
+        "otlp_endpoint": otlp_url("traces", file.otlp_endpoint, os.environ),
+        "otlp_metrics_endpoint": otlp_url("metrics", file.otlp_endpoint, os.environ),
+        "otlp_metrics_interval_s": otlp_metrics_interval(os.environ),
         "prices": {model: table.rates(model) for model, table in file.prices.items()},
         "stream_usage": file.stream_usage,
         "budgets": tuple(BudgetSpec(name=name, **dict(table)) for name, table in file.budgets.items()),
@@ -631,23 +639,48 @@ def read_config(path: Path) -> ConfigFile:
         ) from None
 
 
-def otlp_traces_url(configured: str | None, environ: Mapping[str, str]) -> str | None:
-    """Where spans go: the config's ``otlp_endpoint``, else the OpenTelemetry variables in the
-    precedence of the OTLP exporter spec.
+def otlp_url(
+    signal: Literal["traces", "metrics"], configured: str | None, environ: Mapping[str, str]
+) -> str | None:
+    """Where ``signal`` (spans, or metrics) goes: the config's ``otlp_endpoint``, else the
+    OpenTelemetry variables in the precedence of the OTLP exporter spec.
 
-    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (traces only) wins over ``OTEL_EXPORTER_OTLP_ENDPOINT``
-    (every signal) and is the full URL, used as is; the shared one, like ``otlp_endpoint``, is a
-    base to which ``/v1/traces`` is added (unless it already ends so). An empty variable is unset,
-    as the spec says."""
+    ``OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`` (that signal only) wins over
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (every signal) and is the full URL, used as is; the shared
+    one, like ``otlp_endpoint``, is a base to which ``/v1/<signal>`` is added (a base that ends
+    in a signal's path has it replaced). An empty variable is unset, as the spec says;
+    ``OTEL_METRICS_EXPORTER=none`` turns metrics off, as it does in the SDKs."""
+    if signal == "metrics" and environ.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none":
+        return None
     if configured:
-        return _with_traces_path(configured)
-    if traces := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
-        return traces
+        return _with_path(configured, signal)
+    if own := environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip():
+        return own
     if base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
-        return _with_traces_path(base)
+        return _with_path(base, signal)
     return None
 
 
-def _with_traces_path(base: str) -> str:
+def _with_path(base: str, signal: str) -> str:
     base = base.rstrip("/")
-    return base if base.endswith("/v1/traces") else base + "/v1/traces"
+    for path in ("/v1/traces", "/v1/metrics"):
+        base = base.removesuffix(path)
+    return f"{base}/v1/{signal}"
+
+
+def otlp_metrics_interval(environ: Mapping[str, str]) -> float:
+    """Seconds between two OTLP metrics exports: ``OTEL_METRIC_EXPORT_INTERVAL`` (milliseconds,
+    as the SDKs read it), 60 s when unset."""
+    value = environ.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
+    if not value:
+        return 60.0
+    try:
+        interval_ms = float(value)
+    except ValueError:
+        interval_ms = float("nan")
+    if not 100 <= interval_ms <= 86_400_000:
+        raise ConfigError(
+            "OTEL_METRIC_EXPORT_INTERVAL takes the milliseconds between two metrics exports,"
+            f" from 100 to 86400000; got {value[:40]!r}"
+        )
+    return interval_ms / 1000

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -195,3 +195,9 @@ Text = Annotated[str, Field(pattern=r"\S", description="a non-empty string")]
 #: A non-empty string inside a described table or list, which the message names instead.
 Item = Annotated[str, Field(pattern=r"\S")]
 HttpUrl = Annotated[str, AfterValidator(_http_url), Field(description="an http:// or https:// URL")]
+#: A duration: a finite number above 0 (``inf`` would overflow what it sizes or schedules).
+Seconds = Annotated[
+    float, Strict(), Field(gt=0, allow_inf_nan=False, description="a positive number of seconds")
+]
+#: A non-empty list of names (apps, models, providers), as a filter.
+Names = Annotated[tuple[Item, ...], Field(min_length=1)]

@@ -10,6 +10,19 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+__all__ = ["HOP_BY_HOP", "decoded_body", "first_header", "intended_host", "signs_body"]
+
+#: Headers about one connection, not the message: never passed on from one to another.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade"}
+)
+
+
+def signs_body(name: bytes, value: bytes) -> bool:
+    """Whether one raw header field (``name`` lower-case) shows an AWS SigV4 signature, which
+    covers the body: such a request must be sent as it is, and only where it was going."""
+    return (name == b"authorization" and value.startswith(b"AWS4-")) or name == b"x-amz-content-sha256"
+
 
 def first_header(message: http.Message, name: bytes) -> str | None:
     """The first value of header ``name`` (lower-case bytes), decoded as ``Headers`` does."""

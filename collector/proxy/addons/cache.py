@@ -21,13 +21,16 @@ Hooks, in the order mitmproxy calls them:
   another model or host, and says so in the call's state by the time the answer comes). The stored
   bytes are what the client received, so a hit replays them byte for byte (a stream as the same
   events); the stream's usage as the proxy read it from the upstream is kept beside them, for the
-  hit's row when the client's stream does not carry it.
+  hit's row when the client's stream does not carry it. The copies of the streams in flight
+  share a bound (:data:`MAX_RECORDING_BYTES`): a stream past it is passed on, not stored.
 
 The cache applies to a call the recorder recognised as an LLM call, made by the app (not one of
 llmtap's own copies, judge calls or retries), not signed over its body (AWS SigV4: the signature
 is the credential and changes with every request, so it could never hit), not already answered
 (a budget's block) nor sent to another model (a budget's downgrade or a routing rule: the answer
-is not the client's model's), that the config's filters admit and whose request does not bypass
+is not the client's model's), not a Responses API turn of a conversation the provider keeps
+(``previous_response_id``, ``conversation``), that the config's filters admit and whose request
+does not bypass
 it: ``Cache-Control: no-cache`` (or ``no-store``), ``X-Llmtap-Cache: off``, a non-positive
 ``X-Llmtap-Cache-Ttl``. Requests that bypass it go upstream as if there were no cache, and their
 response carries no ``X-Llmtap-Cache``.
@@ -70,7 +73,7 @@ from collector.settings.config import CacheSettings
 from collector.storage.schema import CacheMarks
 from collector.trust.failopen import fail_open
 from collector.wire.bodies import json_or_none
-from collector.wire.headers import decoded_body
+from collector.wire.headers import HOP_BY_HOP, decoded_body, signs_body
 from collector.wire.streams import StreamFn
 
 __all__ = ["BYTES_PER_MB", "CACHE_HEADER", "ResponseCache"]
@@ -83,22 +86,10 @@ CACHE_HEADER = "X-Llmtap-Cache"
 BYTES_PER_MB = 1_000_000
 #: Response headers never replayed: hop by hop, recomputed (length), about the moment (date), a
 #: session the provider gave one client (cookies).
-_NOT_REPLAYED = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"content-length",
-        b"date",
-        b"age",
-        b"set-cookie",
-        b"set-cookie2",
-    }
-)
+_NOT_REPLAYED = HOP_BY_HOP | {b"content-length", b"date", b"age", b"set-cookie", b"set-cookie2"}
+#: Most bytes the streams in flight may hold for the cache at once (each at most the store's
+#: entry limit): past it, a stream is passed on but not stored.
+MAX_RECORDING_BYTES = 64 * 1024 * 1024
 _OWN_HEADERS = b"x-llmtap-"
 #: Where this stage keeps a miss's key until its answer comes (its own, not shared).
 _MISS_KEY = "llmtap.cache.miss"
@@ -106,16 +97,39 @@ _MISS_KEY = "llmtap.cache.miss"
 _UNFINISHED = ("queued", "in_progress")
 
 
+class _Pool:
+    """The bytes all recordings in flight hold, against :data:`MAX_RECORDING_BYTES`."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+
 class _Recording:
     """The outermost ``stream`` callable of a miss: passes on exactly what the stages inside it
-    send the client, and keeps a copy, up to ``limit`` bytes, to store."""
+    send the client, and keeps a copy, up to ``limit`` bytes and while ``pool`` has room, to
+    store. :meth:`release` hands its bytes back to the pool once the call is over."""
 
-    def __init__(self, inner: StreamFn, limit: int) -> None:
+    def __init__(self, inner: StreamFn, limit: int, pool: _Pool) -> None:
         self.inner = inner
         self.limit = limit
+        self.pool = pool
         self.parts: list[bytes] = []
         self.size = 0
         self.over = False
+
+    def release(self) -> None:
+        self.pool.held -= self.size
+        self.size = 0
+        self.parts.clear()
 
     def __call__(self, chunk: bytes) -> bytes | Iterable[bytes]:
         out = self.inner(chunk)
@@ -130,12 +144,12 @@ class _Recording:
         return pieces
 
     def _keep(self, piece: bytes) -> None:
-        self.size += len(piece)
-        if self.size > self.limit:
+        if self.size + len(piece) > self.limit or not self.pool.take(len(piece)):
             self.over = True
-            self.parts.clear()
-        else:
-            self.parts.append(piece)
+            self.release()
+            return
+        self.size += len(piece)
+        self.parts.append(piece)
 
 
 @dataclass(slots=True)
@@ -154,6 +168,7 @@ class ResponseCache:
         self.settings = settings
         self.store = CacheStore(path, max_bytes=int(settings.max_mb * BYTES_PER_MB))
         self.entry_limit = min(self.store.max_bytes, MAX_ENTRY_BYTES)
+        self.recordings = _Pool(MAX_RECORDING_BYTES)
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -171,6 +186,8 @@ class ResponseCache:
         request = flow.request
         fields = request.data.headers.fields
         if directives.off or _bypassed_or_signed(fields):
+            return
+        if capture.endpoint.api == "responses" and _continues_a_conversation(capture.request_body):
             return
         settings = self.settings
         model = capture.request.model if settings.models is not None else None  # parsed only if asked
@@ -208,7 +225,7 @@ class ResponseCache:
             return
         response.headers[CACHE_HEADER] = "miss"
         if 200 <= response.status_code < 300 and callable(response.stream):
-            miss.recording = _Recording(response.stream, self.entry_limit)
+            miss.recording = _Recording(response.stream, self.entry_limit, self.recordings)
             response.stream = miss.recording
 
     @fail_open
@@ -222,13 +239,25 @@ class ResponseCache:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         if capture is not None and capture.streamed and capture.response.complete:
             self._store(flow)
+        miss: _Miss | None = flow.metadata.pop(_MISS_KEY, None)
+        if miss is not None and miss.recording is not None:
+            miss.recording.release()
 
     def _store(self, flow: http.HTTPFlow) -> None:
         """Keep a miss's answer if it is a successful, complete one (see the module's docstring)."""
         miss: _Miss | None = flow.metadata.pop(_MISS_KEY, None)  # once, whichever hook comes
+        if miss is None:
+            return
+        try:
+            self._put(flow, miss)
+        finally:
+            if miss.recording is not None:
+                miss.recording.release()
+
+    def _put(self, flow: http.HTTPFlow, miss: _Miss) -> None:
         capture: Capture | None = flow.metadata.get(CAPTURE_KEY)
         response = flow.response
-        if miss is None or capture is None or response is None:
+        if capture is None or response is None:
             return
         if not 200 <= response.status_code < 300:
             return
@@ -270,17 +299,24 @@ class ResponseCache:
         self.store.close()
 
 
+def _continues_a_conversation(body: bytes | None) -> bool:
+    """A Responses API request that continues a conversation the provider keeps
+    (``previous_response_id``, ``conversation``): answering it from the cache would leave that
+    conversation without the turn, and the next call would continue from the wrong place."""
+    value = json_or_none(body)
+    return isinstance(value, dict) and bool(value.get("previous_response_id") or value.get("conversation"))
+
+
 def _bypassed_or_signed(fields: Iterable[tuple[bytes, bytes]]) -> bool:
     """``Cache-Control: no-cache`` or ``no-store`` among the request's directives, or an AWS SigV4
-    signature (as :func:`collector.proxy.model_rewrite.is_signed` tells, in the same one pass over
-    the raw header fields: each ``Headers`` lookup scans them all)."""
+    signature, in one pass over the raw header fields (each ``Headers`` lookup scans them all)."""
     for name, value in fields:
         lower = name.lower()
         if lower == b"cache-control":
             directives = {part.split(b"=")[0].strip().lower() for part in value.split(b",")}
             if directives & {b"no-cache", b"no-store"}:
                 return True
-        elif (lower == b"authorization" and value.startswith(b"AWS4-")) or lower == b"x-amz-content-sha256":
+        elif signs_body(lower, value):
             return True
     return False
 
