@@ -15,7 +15,8 @@ changed from one thread, and the check before a call stays a dictionary lookup.
 fleet store: p95 2.7 s, max 3.6 s at 500 calls/s, see bench/fleet_ship.py) and (2) this
 sidecar has refreshed (up to ``budget_refresh_s``, 5 s by default): about 9 s at worst with the
 defaults. **Overshoot**: over that window the others' spend is unseen, so a fleet can pass its
-limit by what the *other* sidecars spend in about 9 s (plus, as for any budget, calls in flight when it is reached).
+limit by what the *other* sidecars spend in about 9 s (plus, as for any budget, calls in
+flight when it is reached).
 While the fleet store cannot be read, each sidecar counts its own calls on top of the last
 figures it read (spend never falls within a period), logged once: then each sidecar may spend
 up to what was left of the limit by itself, N sidecars N times that.
