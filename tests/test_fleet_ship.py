@@ -18,11 +18,14 @@ from pathlib import Path
 import duckdb
 import httpx
 import openai
+import polars as pl
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
+import analytics
 from collector.fleet import schema as fleet_schema
 from collector.fleet.outbox import Outbox
 from collector.fleet.postgres import FleetAddress, PostgresSink
@@ -541,6 +544,16 @@ def test_three_sidecars_one_store_through_a_kill_and_an_outage(
     assert central_ids(pg_server, fleet_db) == union
     assert central(pg_server, fleet_db, "SELECT count(*) FROM spans") == [(len(union),)]
     assert central(pg_server, fleet_db, "SELECT count(*) FROM llm_calls WHERE stream") != [(0,)]
+    # The analytics (and so report, dashboard, notebooks) on the fleet store give the union's figures.
+    fleet = analytics.spend(analytics.load(url), by=["app", "model"]).sort(["app", "model"])
+    local = (
+        pl.concat([analytics.load(tmp_path / n).collect() for n in nodes])
+        .lazy()
+        .pipe(analytics.spend, by=["app", "model"])
+        .sort(["app", "model"])
+    )
+    assert_frame_equal(fleet, local, rel_tol=1e-9)  # float sums depend on the rows' order
+    assert fleet["calls"].sum() == len(union)
     for n in nodes:  # the data dirs and logs hold no password
         for path in [*files_under(tmp_path / n), *tmp_path.glob("proxy-*.log")]:
             assert pg_server.password.encode() not in path.read_bytes(), path
