@@ -259,11 +259,18 @@ class Bench(contextlib.ExitStack):
         proc.extra.update(ports)
         return proc
 
-    def llmtap(self, data_dir: Path, upstream_url: str, config: str | None = None, port: int = 0) -> Proc:
-        """The real ``llmtap proxy`` command."""
+    def llmtap(
+        self,
+        data_dir: Path,
+        upstream_url: str,
+        config: str | None = None,
+        port: int = 0,
+        extra_args: Sequence[str] = (),
+    ) -> Proc:
+        """The real ``llmtap proxy`` command (``config``: the text of its config file)."""
         port = port or free_port()
         args = [sys.executable, "-m", "app.cli", "proxy", "--data-dir", str(data_dir), "--port", str(port)]
-        args += ["--upstream", f"{HOST}={upstream_url}"]
+        args += ["--upstream", f"{HOST}={upstream_url}", *extra_args]
         if config is not None:
             cfg = self.tmp / f"llmtap-{port}.toml"
             cfg.write_text(config)

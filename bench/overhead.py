@@ -3,6 +3,7 @@
     uv run python bench/overhead.py [--markdown] [--duration S] [--rounds N]
     uv run --with py-spy python bench/overhead.py --profile 15   # plus where llmtap's time goes
     uv run python bench/overhead.py --metrics    # llmtap with --metrics-port, scraped every second
+    uv run python bench/overhead.py --fleet private   # llmtap shipping to a PostgreSQL fleet store
 
 One small OpenAI chat completion (JSON with usage, not streamed) is sent over keep-alive
 connections to a fast local upstream (bench/_common.py), measured three ways:
@@ -56,7 +57,6 @@ from _common import (
     HOST,
     ROOT,
     Bench,
-    Proc,
     ca_bundle,
     check_quiet,
     child_pids,
@@ -163,6 +163,12 @@ def main() -> None:
         action="store_true",
         help="run llmtap with --metrics-port and scrape /metrics every second throughout",
     )
+    parser.add_argument(
+        "--fleet",
+        metavar="URL",
+        help="run llmtap with [fleet] shipping to this PostgreSQL URL ('private': a private server,"
+        " as the tests start one)",
+    )
     args = parser.parse_args()
     conns_list = [int(c) for c in args.conns.split(",")]
     modes = args.modes.split(",")
@@ -174,18 +180,20 @@ def main() -> None:
     started = time.monotonic()
     quiet = check_quiet()
     through_llmtap = 0
-    with Bench(keep=args.keep) as bench:
+    with Bench(keep=args.keep) as bench, contextlib.ExitStack() as stack:
         data = bench.tmp / "data"
         bundle = ca_bundle(data)
         upstream = bench.upstream(tls_for=data / "ca")
         up_url = f"http://127.0.0.1:{upstream.port}"
         scraper: Scraper | None = None
+        extra: list[str] = []
         if args.metrics:
             metrics_port = free_port()
-            llmtap = llmtap_with_metrics(bench, data, up_url, metrics_port)
+            extra = ["--metrics-port", str(metrics_port)]
+        fleet = _fleet_config(args.fleet, stack) if args.fleet else None
+        llmtap = bench.llmtap(data, up_url, config=fleet, extra_args=extra)
+        if args.metrics:
             scraper = Scraper(f"http://127.0.0.1:{metrics_port}/metrics").start()
-        else:
-            llmtap = bench.llmtap(data, up_url)
         bare = bench.bare(data / "ca", up_url)
         proxies = {"bare mitmproxy": bare, "llmtap": llmtap}
         log("warming up both proxies")
@@ -293,28 +301,20 @@ def main() -> None:
     print("\n".join(out))
 
 
-# -- metrics ------------------------------------------------------------------------------
+# -- fleet and metrics ----------------------------------------------------------------------
 
 
-def llmtap_with_metrics(bench: Bench, data_dir: Path, upstream_url: str, metrics_port: int) -> Proc:
-    """The real ``llmtap proxy`` command, as :meth:`Bench.llmtap` starts it, plus ``--metrics-port``."""
-    port = free_port()
-    args = [sys.executable, "-m", "app.cli", "proxy", "--data-dir", str(data_dir), "--port", str(port)]
-    args += ["--upstream", f"{HOST}={upstream_url}", "--metrics-port", str(metrics_port)]
-    log_path = bench.tmp / f"llmtap-{port}-{len(bench.procs)}.log"
-    with open(log_path, "ab") as log_file:
-        popen = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
-        )
-    proc = Proc("llmtap", popen, log_path, port)
-    bench.procs.append(proc)
-    deadline = time.monotonic() + 60
-    while "listening on" not in log_path.read_text():
-        if popen.poll() is not None or time.monotonic() > deadline:
-            proc.stop(5)
-            raise RuntimeError(f"llmtap did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.05)
-    return proc
+def _fleet_config(url: str, stack: contextlib.ExitStack) -> str:
+    """A config shipping to ``url``, or to a private PostgreSQL server (``private``) that
+    ``stack`` stops."""
+    if url == "private":
+        sys.path.insert(0, str(ROOT))  # the tests' private server
+        from tests.pgserver import PgServer
+
+        server = PgServer().init()
+        stack.callback(server.stop)
+        url = server.url(server.create_database())
+    return f'[fleet]\nurl = "{url}"\nnode = "bench"\n'
 
 
 class Scraper:
@@ -411,7 +411,7 @@ def hook_timings(tmp: Path, n: int = 3000) -> list[tuple[str, float]]:
     import asyncio
     import inspect
 
-    from _common import _JSON_BODY, CHAT_BODY, CHAT_PATH, HOST, SDK_HEADERS
+    from _common import _JSON_BODY, CHAT_BODY, CHAT_PATH, SDK_HEADERS
     from mitmproxy import http
     from mitmproxy.test import tflow
 
