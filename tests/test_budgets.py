@@ -571,6 +571,7 @@ def test_budget_spend_is_read_from_the_store(tmp_path):
     import duckdb
 
     from collector.storage import schema
+
     db = tmp_path / "llmtap.duckdb"
     now = time.time()
     today = datetime.fromtimestamp(now, UTC).isoformat()
