@@ -287,8 +287,9 @@ def test_keys_an_upstream_echoes_back_are_never_kept(tmp_path, upstream, mode):
                 exports += out.read_bytes()
                 if fmt == "parquet":  # compressed on disk: read it back as text
                     exports += str(duckdb.sql(f"SELECT * FROM '{out}'").fetchall()).encode()
-        received = b"".join(request.SerializeToString() for request in otlp.requests)
+        received = b"".join([*(request.SerializeToString() for request in otlp.requests), *otlp.metrics])
     assert otlp.requests, "no span was exported"
+    assert otlp.metrics, "no metrics were exported"
     with duckdb.connect(str(proxy.db), read_only=True) as con:
         tables = ("llm_calls", "call_bodies", "spans")
         stored = str([con.execute(f"SELECT * FROM {t}").fetchall() for t in tables])

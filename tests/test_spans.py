@@ -258,10 +258,13 @@ def test_every_call_has_one_span(proxy, upstream, client):
 
 
 class OTLPCollector:
-    """Accepts OTLP/HTTP protobuf trace exports on POST ``path`` (default /v1/traces)."""
+    """Accepts OTLP/HTTP protobuf trace exports on POST ``path`` (default /v1/traces), and
+    metrics exports on /v1/metrics (kept as they came: the proxy pushes its metrics to the same
+    OTLP endpoint)."""
 
     def __init__(self, path: str = "/v1/traces") -> None:
         self.requests: list[ExportTraceServiceRequest] = []
+        self.metrics: list[bytes] = []
         self.paths: list[str] = []
         collector = self
 
@@ -277,6 +280,9 @@ class OTLPCollector:
                 if self.path == path:
                     collector.requests.append(ExportTraceServiceRequest.FromString(body))
                     status, reply = 200, ExportTraceServiceResponse().SerializeToString()
+                elif self.path == "/v1/metrics":
+                    collector.metrics.append(body)
+                    status, reply = 200, b""
                 else:
                     status, reply = 404, b""
                 self.send_response(status)
@@ -340,7 +346,9 @@ def test_spans_exported_over_otlp(tmp_path, upstream):
         finally:
             code = proxy.stop()  # SIGTERM: the batch processor flushes on shutdown
         assert code == 0, proxy.log.read_text()
-        assert collector.paths and set(collector.paths) == {"/v1/traces"}, collector.paths
+        # The shared endpoint gets the spans and, at /v1/metrics, the metrics (at least the
+        # export as the proxy stopped).
+        assert set(collector.paths) == {"/v1/traces", "/v1/metrics"}, collector.paths
         received = collector.spans()
 
     matching = [(res, s) for res, s in received if s.span_id.hex() == call["span_id"]]
