@@ -101,17 +101,21 @@ def test_the_feed_follows_the_file_until_the_fleet_has_rules_and_fails_open(
     file = RulesFile(tmp_path / "rules.yaml")
     file.write(dump_rules(parse_rules(yaml.safe_dump({"rules": [{**ENFORCE, "id": "local"}]}))))
     unreachable = FleetRulesFeed(fleet_url.replace("@127.0.0.1:", "@127.0.0.1:1"), file)
-    for _ in range(3):
-        unreachable.refresh()
-    assert unreachable.version()[0] == "file" and "local" in (unreachable.text() or "")
-    warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "keeping the rules in use" in warnings[0]
     feed = FleetRulesFeed(fleet_url, file)
-    feed.refresh()
-    assert feed.version()[0] == "file"  # no fleet document yet
-    FleetRulesTable(fleet_url).write(dump_rules(parse_rules(yaml.safe_dump({"rules": [ENFORCE]}))))
-    feed.refresh()
-    assert feed.version() == ("fleet", 1) and "fleet-enforce" in (feed.text() or "")
+    try:
+        for _ in range(3):
+            unreachable.refresh()
+        assert unreachable.version()[0] == "file" and "local" in (unreachable.text() or "")
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and "keeping the rules in use" in warnings[0]
+        feed.refresh()
+        assert feed.version()[0] == "file"  # no fleet document yet
+        FleetRulesTable(fleet_url).write(dump_rules(parse_rules(yaml.safe_dump({"rules": [ENFORCE]}))))
+        feed.refresh()
+        assert feed.version() == ("fleet", 1) and "fleet-enforce" in (feed.text() or "")
+    finally:  # version() started their polling threads
+        unreachable.close()
+        feed.close()
 
 
 def test_two_proxies_apply_rules_written_once_centrally(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -123,6 +122,7 @@ class FleetRulesFeed:
         self._fetched: tuple[int, str] | None = None
         self._failing = False
         self._started = False
+        self._stopped = threading.Event()
         self._lock = threading.Lock()
 
     @property
@@ -160,8 +160,11 @@ class FleetRulesFeed:
             self._started = True
         threading.Thread(target=self._poll, name="llmtap-fleet-rules", daemon=True).start()
 
+    def close(self) -> None:
+        """Stop polling (a proxy's feed polls for the proxy's life, on a daemon thread)."""
+        self._stopped.set()
+
     def _poll(self) -> None:
-        """For the proxy's life (a daemon thread: nothing to stop at exit)."""
-        while True:
+        while not self._stopped.is_set():
             self.refresh()
-            time.sleep(self.poll_s)
+            self._stopped.wait(self.poll_s)
