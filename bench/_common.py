@@ -154,9 +154,15 @@ def rss(pid: int) -> int:
 
 
 def child_pids(pid: int) -> list[str]:
-    """The live child processes of ``pid`` (of all its threads)."""
-    tasks = Path(f"/proc/{pid}/task").iterdir()
-    return [child for task in tasks for child in (task / "children").read_text().split()]
+    """The live child processes of ``pid`` (of all its threads; a thread that ends while they
+    are read has none left)."""
+    children: list[str] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+    return children
 
 
 # -- processes ----------------------------------------------------------------------------
