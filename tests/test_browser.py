@@ -5,6 +5,7 @@ of each page kept as a test artefact ($LLMTAP_TEST_ARTIFACTS, else tests/artifac
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -251,7 +252,6 @@ def test_calls_page_lists_a_calls_scores_and_a_graders_failure(
     """A call with a feedback score and a failed grader: the call's Scores tab lists both,
     oldest first (the failure with its error, also said in a warning); a call without scores
     says it has none. The table is a canvas: its content is read through its CSV download."""
-    from playwright.sync_api import expect
 
     from collector.storage.database import ensure_schema
 
@@ -272,10 +272,8 @@ def test_calls_page_lists_a_calls_scores_and_a_graders_failure(
         page = open_page(browser, url, "calls", "Calls")
         try:
             pick_call(page, scored)
-            page.get_by_role("tab", name="Scores").click()
-            panel = page.get_by_role("tabpanel").filter(visible=True)
             failure = "Grader correct could not score this call: grader timed out after 30 s"
-            expect(panel.get_by_text(failure)).to_be_visible()
+            panel = scores_tab(page, failure)
             grid = panel.locator('[data-testid="stDataFrame"]')
             grid.hover()  # shows the table's toolbar
             with page.expect_download() as download:
@@ -291,13 +289,28 @@ def test_calls_page_lists_a_calls_scores_and_a_graders_failure(
             assert rows[0]["created_at"] < rows[1]["created_at"]
 
             pick_call(page, unscored)
-            page.get_by_role("tab", name="Scores").click()
-            expect(
-                page.get_by_role("tabpanel").filter(visible=True).get_by_text("No scores for this call")
-            ).to_be_visible()
+            scores_tab(page, "No scores for this call")
             assert not page.locator('[data-testid="stException"]').count()
         finally:
             page.close()
+
+
+def scores_tab(page, text: str):
+    """Open the call's Scores tab and return its panel once it shows ``text``. The click is
+    repeated: a run of the page that was still starting when the call was picked redraws the
+    tabs, back on the first one."""
+    from playwright.sync_api import expect
+
+    for _ in range(3):
+        page.get_by_role("tab", name="Scores").click()
+        panel = page.get_by_role("tabpanel").filter(visible=True)
+        with contextlib.suppress(AssertionError):  # redrawn on the first tab: click again
+            expect(panel.get_by_text(text)).to_be_visible(timeout=10_000)
+            return panel
+    page.get_by_role("tab", name="Scores").click()
+    panel = page.get_by_role("tabpanel").filter(visible=True)
+    expect(panel.get_by_text(text)).to_be_visible(timeout=10_000)
+    return panel
 
 
 def pick_call(page, call_id: str) -> None:
