@@ -10,7 +10,6 @@ store's. It is skipped only where /usr/bin/prometheus is missing (``.ci/run`` in
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import logging
 import math
@@ -20,7 +19,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,7 +26,6 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +56,7 @@ from collector.storage.database import ensure_schema, read_connection
 from collector.trust.boundary import TRUNCATED
 from tests.conftest import running_proxy
 from tests.proxyproc import ProxyProcess, free_port
+from tests.test_spans import OTLPCollector
 from tests.upstream import FakeUpstream, Received, Reply
 
 PROMETHEUS = "/usr/bin/prometheus"
@@ -642,44 +640,14 @@ def check_against_store(url: str, proxy: ProxyProcess) -> None:
 # --- OTLP metrics, pushed to a local OTLP/HTTP receiver --------------------------------------------
 
 
-class OtlpReceiver:
-    """Accepts OTLP/HTTP protobuf exports (metrics on /v1/metrics; spans are taken and dropped)."""
-
-    def __init__(self) -> None:
-        self.metrics: list[ExportMetricsServiceRequest] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path == "/v1/metrics":
-                    receiver.metrics.append(ExportMetricsServiceRequest.FromString(body))
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def latest(self) -> dict[str, Any]:
-        """The last export's metrics by name (empty before the first)."""
-        if not self.metrics:
-            return {}
-        (resource,) = self.metrics[-1].resource_metrics
-        (scope,) = resource.scope_metrics
-        assert scope.scope.name == "llmtap"
-        return {metric.name: metric for metric in scope.metrics}
+def latest(collector: OTLPCollector) -> dict[str, Any]:
+    """The last metrics export the collector took, its metrics by name (empty before the first)."""
+    if not collector.metrics:
+        return {}
+    (resource,) = ExportMetricsServiceRequest.FromString(collector.metrics[-1]).resource_metrics
+    (scope,) = resource.scope_metrics
+    assert scope.scope.name == "llmtap"
+    return {metric.name: metric for metric in scope.metrics}
 
 
 def otlp_attributes(point: Any) -> dict[str, str]:
@@ -698,28 +666,24 @@ def otlp_sum(metrics: dict[str, Any], name: str, **where: str) -> float:
 def test_otlp_metrics_equal_the_store(tmp_path):
     """With an OTLP endpoint set, the proxy pushes the same metrics under their OpenTelemetry
     names every ``OTEL_METRIC_EXPORT_INTERVAL``, cumulative, and once more as it stops."""
-    receiver = OtlpReceiver()
     config = tmp_path / "llmtap.toml"
     config.write_text('[budgets."daily"]\nlimit_usd = 0.5\nperiod = "day"\n')
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_METRIC_EXPORT_INTERVAL": "300"}
-    try:
-        with FakeUpstream() as upstream:
-            upstream.routes["/v1/chat/completions"] = chat
-            with running_proxy(
-                tmp_path / "data", upstream, extra_args=["--config", str(config)], env=env
-            ) as proxy:
-                sent = drive(proxy)
-                proxy.rows(wait_for=sent)
-                metrics = until(receiver.latest, lambda m: m and otlp_sum(m, "llmtap.calls") == sent)
-                (store,) = proxy.rows(
-                    "SELECT sum(cost_usd) AS cost, sum(input_tokens) AS input, sum(output_tokens) AS output,"
-                    " count(input_tokens) AS input_calls, sum(latency_ms) / 1000 AS seconds FROM llm_calls"
-                )
-                exports = len(receiver.metrics)
-            # The stop sends a last reading after the store has every call.
-            assert len(receiver.metrics) > exports
-    finally:
-        receiver.close()
+    with OTLPCollector() as receiver, FakeUpstream() as upstream:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_METRIC_EXPORT_INTERVAL": "300"}
+        upstream.routes["/v1/chat/completions"] = chat
+        with running_proxy(
+            tmp_path / "data", upstream, extra_args=["--config", str(config)], env=env
+        ) as proxy:
+            sent = drive(proxy)
+            proxy.rows(wait_for=sent)
+            metrics = until(lambda: latest(receiver), lambda m: m and otlp_sum(m, "llmtap.calls") == sent)
+            (store,) = proxy.rows(
+                "SELECT sum(cost_usd) AS cost, sum(input_tokens) AS input, sum(output_tokens) AS output,"
+                " count(input_tokens) AS input_calls, sum(latency_ms) / 1000 AS seconds FROM llm_calls"
+            )
+            exports = len(receiver.metrics)
+        # The stop sends a last reading after the store has every call.
+        assert len(receiver.metrics) > exports
     assert math.isclose(otlp_sum(metrics, "llmtap.cost"), float(store["cost"]), rel_tol=1e-12)
     assert metrics["llmtap.cost"].unit == "USD" and metrics["llmtap.cost"].sum.is_monotonic
     assert otlp_sum(metrics, "llmtap.calls", **{"llmtap.app": "checkout"}) == 3
@@ -770,10 +734,7 @@ def test_otlp_metrics_fail_open(tmp_path, caplog):
         assert exporter.export() is False
     reasons = [r.getMessage() for r in caplog.records if r.name == "llmtap.metrics"]
     assert len(reasons) == 1 and "llmtap's OTLP metrics unavailable" in reasons[0], reasons
-    receiver = OtlpReceiver()
-    try:
+    with OTLPCollector() as receiver:
         exporter = OtlpMetrics(db, receiver.url + "/v1/metrics", 60.0)
         assert exporter.export() is True
-        assert otlp_sum(receiver.latest(), "llmtap.calls") == 2
-    finally:
-        receiver.close()
+        assert otlp_sum(latest(receiver), "llmtap.calls") == 2
